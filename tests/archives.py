@@ -1,0 +1,92 @@
+"""Builders of small WFDB archives for tests, written with `wfdb.wrsamp` (wfdb ships no samples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import wfdb
+
+from pipelines.data.leads import STANDARD_LEADS
+
+DESCRIPTIONS = {
+    "NORM": "normal ECG",
+    "SR": "sinus rhythm",
+    "AFIB": "atrial fibrillation",
+    "LVH": "left ventricular hypertrophy",
+    "IMI": "inferior myocardial infarction",
+}
+
+
+def ecg_like(seconds: float, fs: float, n_leads: int = 12, seed: int = 0) -> np.ndarray:
+    """A deterministic ECG-ish signal [T, n_leads] in mV: a 1.2 Hz spike train plus sines and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * fs))) / fs
+    beats = np.exp(-(((t % (1 / 1.2)) - 0.3) ** 2) / (2 * 0.01**2))
+    leads = [
+        (0.5 + 0.1 * k) * beats + 0.1 * np.sin(2 * np.pi * (1 + k) * t) + 0.01 * rng.standard_normal(t.size)
+        for k in range(n_leads)
+    ]
+    return np.stack(leads, axis=1)
+
+
+def write_wfdb(
+    record_path: Path,
+    signal: np.ndarray,
+    fs: float,
+    leads: Sequence[str] = STANDARD_LEADS,
+    comments: Sequence[str] = (),
+    fmt: str = "16",
+) -> Path:
+    """Write `signal` [T, n_leads] (mV) with wfdb.wrsamp at `record_path` (no extension)."""
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    n = signal.shape[1]
+    wfdb.wrsamp(
+        record_path.name,
+        fs=fs,
+        units=["mV"] * n,
+        sig_name=list(leads),
+        p_signal=signal,
+        fmt=[fmt] * n,
+        adc_gain=[1000.0] * n if fmt == "16" else [200.0] * n,
+        baseline=[0] * n,
+        comments=list(comments),
+        write_dir=str(record_path.parent),
+    )
+    return record_path
+
+
+def write_ptbxl_archive(root: Path, entries: Sequence[dict]) -> Path:
+    """A PTB-XL-layout folder. Each entry: ecg_id, and optionally patient_id, scp_codes (dict or a
+    raw string), strat_fold, report, signal ([T, n] mV; None writes no record file), leads, fs."""
+    rows = []
+    for entry in entries:
+        ecg_id = entry["ecg_id"]
+        name = f"records500/00000/{ecg_id:05d}_hr"
+        signal = entry.get("signal", ecg_like(10, 500, seed=ecg_id))
+        if signal is not None:
+            write_wfdb(root / name, signal, entry.get("fs", 500), entry.get("leads", STANDARD_LEADS))
+        codes = entry.get("scp_codes", {"NORM": 100.0, "SR": 0.0})
+        rows.append(
+            {
+                "ecg_id": ecg_id,
+                "patient_id": float(entry.get("patient_id", 1000 + ecg_id)),
+                "report": entry.get("report", "sinusrhythmus normales ekg"),
+                "scp_codes": codes if isinstance(codes, str) else repr(codes),
+                "strat_fold": entry.get("strat_fold", 1 + ecg_id % 10),
+                "filename_lr": "",
+                "filename_hr": name,
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / "ptbxl_database.csv", index=False)
+    statements = pd.DataFrame({"description": DESCRIPTIONS}).rename_axis(None)
+    statements.to_csv(root / "scp_statements.csv")
+    return root
+
+
+def rewrite_header(record_path: Path, edit) -> None:
+    """Apply `edit(lines) -> lines` to a record's header text lines."""
+    header = record_path.with_name(record_path.name + ".hea")
+    header.write_text("\n".join(edit(header.read_text().splitlines())) + "\n")
