@@ -1,0 +1,118 @@
+"""Sources parse their layouts from fixtures written with wfdb.wrsamp; the read task completes rows."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipelines.data.preprocess import PreprocessConfig
+from pipelines.data.records import RecordOptions, prepare_record
+from pipelines.data.sources import SourceOptions, list_source
+from pipelines.data.splits import hashed_split
+from tests.archives import ecg_like, write_ptbxl_archive, write_wfdb
+
+
+def test_ptbxl_labels_reports_and_fold_splits(tmp_path):
+    write_ptbxl_archive(
+        tmp_path,
+        [
+            {"ecg_id": 1, "strat_fold": 3, "scp_codes": {"NORM": 100.0, "SR": 0.0}},
+            {"ecg_id": 2, "strat_fold": 9, "scp_codes": {"AFIB": 100.0, "LVH": 50.0}},
+            {"ecg_id": 3, "strat_fold": 10, "scp_codes": {"IMI": 100.0, "SR": 0.0}, "report": "Sinusrhythmus  EKG"},
+        ],
+    )
+    listing = list_source("ptbxl", SourceOptions(input=tmp_path))
+    records = listing.records.set_index("ecg_id")
+    assert list(records.index) == ["ptbxl/00001", "ptbxl/00002", "ptbxl/00003"]
+    assert records["split"].tolist() == ["train", "val", "test"]
+    assert records.loc["ptbxl/00002", "labels"] == ["AFIB", "LVH"]
+    assert records.loc["ptbxl/00002", "report"] == "atrial fibrillation. left ventricular hypertrophy."
+    assert records.loc["ptbxl/00001", "patient_id"] == "1001" and records["expected_fs"].eq(500).all()
+    raw = list_source("ptbxl", SourceOptions(input=tmp_path, report="raw")).records
+    assert raw["report"].iloc[2] == "Sinusrhythmus  EKG"  # cleaned later, in the read task
+
+
+def test_ptbxl_listing_rejects_bad_rows(tmp_path):
+    write_ptbxl_archive(
+        tmp_path,
+        [
+            {"ecg_id": 1},
+            {"ecg_id": 2, "scp_codes": "{'NORM': 100.0"},
+            {"ecg_id": 3, "strat_fold": 11},
+            {"ecg_id": 1, "signal": None},
+        ],
+    )
+    listing = list_source("ptbxl", SourceOptions(input=tmp_path))
+    reasons = {r["ecg_id"]: r["reason"] for r in listing.rejected}
+    assert reasons["ptbxl/00002"].startswith("unparsable scp_codes \"{'NORM': 100.0\"")
+    assert reasons["ptbxl/00003"] == "strat_fold 11 is not in 1..10"
+    assert reasons["ptbxl/00001"] == "duplicate ecg_id ptbxl/00001 (first listed at index row 1)"
+    assert listing.records["ecg_id"].tolist() == ["ptbxl/00001"] and listing.records_in == 4
+
+
+def test_ptbxl_limit_and_a_folder_that_is_not_ptbxl(tmp_path):
+    write_ptbxl_archive(tmp_path, [{"ecg_id": i} for i in range(1, 6)])
+    assert len(list_source("ptbxl", SourceOptions(input=tmp_path, limit=2)).records) == 2
+    (tmp_path / "scp_statements.csv").unlink()
+    with pytest.raises(ValueError, match="not a PTB-XL folder: scp_statements.csv is missing"):
+        list_source("ptbxl", SourceOptions(input=tmp_path))
+
+
+def _write_mimic(root, n_studies=6):
+    rows, reports = [], []
+    for i in range(n_studies):
+        subject, study = 10000000 + i // 2, 40000000 + i
+        path = f"files/p1000/p{subject}/s{study}/{study}"
+        write_wfdb(root / path, ecg_like(10, 500, seed=i), 500)
+        rows.append({"subject_id": subject, "study_id": study, "file_name": study, "ecg_time": "2180-07-23 08:44:00", "path": path})
+        reports.append({"subject_id": subject, "study_id": study, "report_0": "Sinus rhythm", "report_1": "*** Normal EKG ***",
+                        **{f"report_{k}": None for k in range(2, 18)}})
+    reports.pop()  # the last study has no machine measurements
+    pd.DataFrame(rows).to_csv(root / "record_list.csv", index=False)
+    pd.DataFrame(reports).to_csv(root / "machine_measurements.csv", index=False)
+
+
+def test_mimic_reports_are_joined_and_cleaned(tmp_path):
+    _write_mimic(tmp_path)
+    listing = list_source("mimic", SourceOptions(input=tmp_path))
+    assert len(listing.records) == 5 and listing.rejected[0]["ecg_id"] == "mimic-iv-ecg/40000005"
+    assert "has no row in machine_measurements.csv" in listing.rejected[0]["reason"]
+    assert set(listing.records["report"]) == {"sinus rhythm. normal ecg."}
+    assert listing.records["patient_id"].iloc[0] == "10000000"
+    row, prepared = prepare_record(listing.records.iloc[0].to_dict(), PreprocessConfig(), RecordOptions())[0]
+    assert row["split"] in ("train", "val") and prepared.lead_mask.all()
+
+
+def test_hashed_split_is_patient_disjoint_seeded_and_near_its_fractions():
+    patients = [str(10000000 + i) for i in range(20000)]
+    splits = [hashed_split(p, seed=0, val_fraction=0.02) for p in patients]
+    assert splits == [hashed_split(p, seed=0, val_fraction=0.02) for p in patients]
+    assert 0.015 < splits.count("val") / len(splits) < 0.025
+    assert splits != [hashed_split(p, seed=1, val_fraction=0.02) for p in patients]
+    three_way = [hashed_split(p, 0, 0.1, 0.1) for p in patients]
+    assert 0.08 < three_way.count("test") / len(patients) < 0.12
+
+
+def test_wfdb_folder_reads_cinc_comments_any_rate_and_lead_set(tmp_path):
+    cinc = ["Age: 74", "Sex: Male", "Dx: 426783006,164889003", "Rx: Unknown", "Atrial fibrillation with rapid ventricular response"]
+    write_wfdb(tmp_path / "g1" / "A0001", ecg_like(12, 257, n_leads=12), 257, comments=cinc)
+    write_wfdb(tmp_path / "g1" / "A0002", ecg_like(10, 1000, n_leads=3), 1000, leads=("I", "II", "ABP"),
+               comments=["Dx: 426783006", "sinus rhythm with normal axis"])
+    listing = list_source("wfdb", SourceOptions(input=tmp_path))
+    assert listing.records["ecg_id"].tolist() == ["wfdb/g1/A0001", "wfdb/g1/A0002"]
+    first, _ = prepare_record(listing.records.iloc[0].to_dict(), PreprocessConfig(), RecordOptions())[0]
+    assert first["labels"] == ["426783006", "164889003"]
+    assert first["report"] == "atrial fibrillation with rapid ventricular response"
+    assert first["split"] in ("train", "val", "test")
+    second, prepared = prepare_record(listing.records.iloc[1].to_dict(), PreprocessConfig(), RecordOptions())[0]
+    assert prepared.lead_mask.tolist() == [True, True] + [False] * 10
+    assert prepared.flags == ["ignored non-standard leads: ABP"] and prepared.signal.shape == (12, 5000)
+    with pytest.raises(ValueError, match="--report labels needs a label table"):
+        list_source("wfdb", SourceOptions(input=tmp_path, report="labels"))
+
+
+def test_unknown_source_and_missing_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown source 'edf'"):
+        list_source("edf", SourceOptions(input=tmp_path))
+    with pytest.raises(ValueError, match="is not a directory"):
+        list_source("ptbxl", SourceOptions(input=tmp_path / "nowhere"))
