@@ -1,0 +1,233 @@
+"""Prepare: ECG archives → model-ready parquet shards, on Ray Data.
+
+    python -m pipelines.prepare --source synthetic --input 2000 --output data/synthetic
+    python -m pipelines.prepare --source ptbxl --input /data/ptb-xl --output data/ptbxl
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \\
+        python -m pipelines.prepare --source mimic --input /mnt/mimic-iv-ecg --output s3://bucket/shards
+
+The archive is listed on the driver (metadata only), the list becomes a Ray dataset, reading and
+preprocessing run in `map_batches` tasks across the cluster, and a `ShardSink` writes bounded-size
+shards as rows stream out. The output holds `part-*.parquet` (the data contract in
+`pipelines/data/schema.py`), `rejected.parquet` (ecg_id, source, record_path, reason) and
+`manifest.json` (counts per split and source, rejection reasons, preprocessing, schema, timing).
+Records in = records kept + records rejected, always. On a cluster the archive must be on storage
+that every node mounts at the same path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import ray
+
+from pipelines.data.preprocess import PreprocessConfig
+from pipelines.data.records import RecordOptions, prepare_batch
+from pipelines.data.shard_sink import ShardSink
+from pipelines.data.sources import Listing, SourceOptions, list_source
+from pipelines.progress import ProgressLine
+
+SOURCES = ("ptbxl", "mimic", "wfdb", "synthetic")
+OUTPUT_FILES = ("manifest.json", "rejected.parquet")
+
+
+def prepare(
+    source: str,
+    options: SourceOptions,
+    output: str,
+    preprocess: PreprocessConfig = PreprocessConfig(),
+    records: RecordOptions = RecordOptions(),
+    batch_size: int = 64,
+    rows_per_shard: int = 512,
+    progress_interval_s: float = 5.0,
+) -> dict:
+    """Run the prepare stage on the current Ray cluster (started locally if none); returns the manifest."""
+    started = time.time()
+    if not ray.is_initialized():
+        ray.init()
+    if source == "synthetic":
+        options = SourceOptions(**{**asdict(options), "source_name": options.source_name or "synthetic"})
+        listing = list_source("ptbxl", options)
+    else:
+        listing = list_source(source, options)
+    print(
+        f"prepare: listed {listing.records_in:,} records from {options.input} "
+        f"({len(listing.rejected):,} rejected while listing)",
+        file=sys.stderr,
+    )
+    sink = ShardSink(
+        output=output,
+        n_samples=preprocess.n_samples,
+        fs=preprocess.fs,
+        rows_per_shard=rows_per_shard,
+        listing_rejected=listing.rejected,
+        records_in=listing.records_in,
+        manifest_fields={
+            "source": source,
+            "input": str(options.input),
+            "report": options.report,
+            "preprocessing": preprocess.to_dict(),
+            "record_rules": asdict(records),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        started=started,
+    )
+    with ProgressLine("prepare", total=len(listing.records), interval_s=progress_interval_s) as progress:
+        dataset = _listing_dataset(listing, blocks_of=batch_size * 4).map_batches(
+            _read_task,
+            batch_size=batch_size,
+            batch_format="pandas",
+            fn_kwargs={"preprocess": preprocess, "records": records, "counter": progress.counter},
+        )
+        dataset.write_datasink(sink)
+    return sink.manifest
+
+
+def _listing_dataset(listing: Listing, blocks_of: int) -> ray.data.Dataset:
+    """The record list as a dataset of blocks of `blocks_of` rows, so reading spreads over tasks."""
+    frame = listing.records
+    if frame.empty:
+        return ray.data.from_pandas(frame)
+    chunks = [frame.iloc[start : start + blocks_of] for start in range(0, len(frame), blocks_of)]
+    return ray.data.from_pandas(chunks)
+
+
+def _read_task(batch: pd.DataFrame, preprocess: PreprocessConfig, records: RecordOptions, counter) -> pa.Table:
+    """prepare_batch, plus a progress report of the batch to the driver's counter."""
+    table = prepare_batch(batch, preprocess, records)
+    counter.add.remote(len(batch), table.num_rows - table["reject_reason"].null_count)
+    return table
+
+
+def generate_synthetic(spec: str, raw_dir: Path) -> Path:
+    """Write the synthetic PTB-XL-layout archive that `--source synthetic` prepares, in Ray tasks."""
+    from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
+
+    config = SyntheticConfig.from_json(Path(spec)) if not spec.isdigit() else SyntheticConfig(n=int(spec))
+    started = time.time()
+    generate_ptbxl_layout(raw_dir, config, map_fn=_ray_map)
+    elapsed = time.time() - started
+    print(f"prepare: generated {config.n:,} synthetic ECGs in {elapsed:.1f} s → {raw_dir}", file=sys.stderr)
+    return raw_dir
+
+
+def _ray_map(fn, items):
+    remote = ray.remote(fn)
+    return ray.get([remote.remote(item) for item in items])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.prepare",
+        description="Turn an ECG archive into parquet shards (one row per ECG) on Ray Data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--source", required=True, choices=SOURCES,
+                        help="archive layout: PTB-XL folder, MIMIC-IV-ECG folder, any WFDB folder tree, "
+                             "or synthetic (generate the default data, then prepare it)")
+    parser.add_argument("--input", required=True,
+                        help="archive folder; for synthetic, the number of ECGs or a SyntheticConfig JSON file")
+    parser.add_argument("--output", required=True, help="folder (or pyarrow URI, e.g. s3://…) for the shards")
+    parser.add_argument("--fs", type=int, default=500, help="output sampling rate in Hz")
+    parser.add_argument("--seconds", type=float, default=10.0, help="output length; longer records cropped, shorter zero-padded")
+    parser.add_argument("--normalize", choices=("minmax", "zscore", "none"), default="minmax",
+                        help="per-record min-max (MERL), per-lead z-score, or raw mV")
+    parser.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                        help="zero-phase band-pass in Hz, e.g. 0.5 40")
+    parser.add_argument("--report", choices=("raw", "labels"), default=None,
+                        help="report text: the archive's own, or English from label descriptions "
+                             "(default: labels for ptbxl, raw otherwise)")
+    parser.add_argument("--min-report-words", type=int, default=4,
+                        help="reject records whose cleaned report has fewer words; 0 keeps report-less records")
+    parser.add_argument("--long-records", choices=("crop", "windows"), default="crop",
+                        help="crop long records to --seconds, or cut them into full windows (one row each)")
+    parser.add_argument("--min-leads", type=int, default=1, help="reject records with fewer usable standard leads")
+    parser.add_argument("--limit", type=int, default=None, help="prepare only the first N records of the archive's index")
+    parser.add_argument("--seed", type=int, default=0, help="seed of hashed patient splits (mimic, wfdb)")
+    parser.add_argument("--batch-size", type=int, default=64, help="records per read task batch")
+    parser.add_argument("--rows-per-shard", type=int, default=512, help="upper bound of rows in one part-*.parquet")
+    parser.add_argument("--raw-dir", default=None,
+                        help="synthetic only: where the generated WFDB archive goes (default: OUTPUT-wfdb)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in --output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        preprocess = PreprocessConfig(
+            fs=args.fs,
+            seconds=args.seconds,
+            normalize=args.normalize,
+            bandpass=tuple(args.bandpass) if args.bandpass else None,
+            long_records=args.long_records,
+            min_leads=args.min_leads,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    for name in ("limit", "batch_size", "rows_per_shard"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.min_report_words < 0:
+        parser.error(f"--min-report-words must be 0 or more, got {args.min_report_words}")
+    output = _output_location(args.output, args.overwrite, parser)
+    if args.source == "synthetic":
+        if not (args.input.isdigit() and int(args.input) > 0) and not Path(args.input).is_file():
+            parser.error(f"--input for synthetic must be a positive number of ECGs or a config file, got {args.input!r}")
+        raw_dir = Path(args.raw_dir or f"{args.output.rstrip('/')}-wfdb").absolute()
+        ray.init()
+        input_dir = generate_synthetic(args.input, raw_dir)
+    else:
+        input_dir = Path(args.input).absolute()
+        if not input_dir.is_dir():
+            parser.error(f"--input {args.input} is not a directory")
+    options = SourceOptions(input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed)
+    try:
+        manifest = prepare(
+            args.source,
+            options,
+            output,
+            preprocess=preprocess,
+            records=RecordOptions(min_report_words=args.min_report_words, seed=args.seed),
+            batch_size=args.batch_size,
+            rows_per_shard=args.rows_per_shard,
+        )
+    except ValueError as error:  # a layout that is not what --source says
+        parser.error(str(error))
+    print(summary_line(manifest, output))
+    return manifest
+
+
+def _output_location(output: str, overwrite: bool, parser: argparse.ArgumentParser) -> str:
+    """An absolute path (created, and cleared with --overwrite) or a URI passed through."""
+    if "://" in output:
+        return output
+    path = Path(output).absolute()
+    existing = [p for p in path.glob("part-*.parquet")] + [path / f for f in OUTPUT_FILES if (path / f).exists()]
+    if existing and not overwrite:
+        parser.error(f"--output {output} already holds a prepared dataset; pass --overwrite to replace it")
+    for file in existing:
+        file.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def summary_line(manifest: dict, output: str) -> str:
+    splits = ", ".join(f"{split} {count:,}" for split, count in manifest["rows_by_split"].items())
+    return (
+        f"prepared {manifest['records_in']:,} records in {manifest['elapsed_seconds']:.1f} s "
+        f"({manifest['records_per_second']:,.0f}/s): {manifest['records_kept']:,} kept → "
+        f"{manifest['rows']:,} rows ({splits or 'none'}), {manifest['records_rejected']:,} rejected "
+        f"(see rejected.parquet) → {output}"
+    )
+
+
+if __name__ == "__main__":
+    main()
