@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import ray
 
@@ -48,8 +47,6 @@ def prepare(
 ) -> dict:
     """Run the prepare stage on the current Ray cluster (started locally if none); returns the manifest."""
     started = time.time()
-    if not ray.is_initialized():
-        ray.init()
     if source == "synthetic":
         options = SourceOptions(**{**asdict(options), "source_name": options.source_name or "synthetic"})
         listing = list_source("ptbxl", options)
@@ -60,6 +57,8 @@ def prepare(
         f"({len(listing.rejected):,} rejected while listing)",
         file=sys.stderr,
     )
+    if not ray.is_initialized():
+        ray.init()
     sink = ShardSink(
         output=output,
         n_samples=preprocess.n_samples,
@@ -81,7 +80,7 @@ def prepare(
         dataset = _listing_dataset(listing, blocks_of=batch_size * 4).map_batches(
             _read_task,
             batch_size=batch_size,
-            batch_format="pandas",
+            batch_format="pyarrow",
             fn_kwargs={"preprocess": preprocess, "records": records, "counter": progress.counter},
         )
         dataset.write_datasink(sink)
@@ -90,14 +89,11 @@ def prepare(
 
 def _listing_dataset(listing: Listing, blocks_of: int) -> ray.data.Dataset:
     """The record list as a dataset of blocks of `blocks_of` rows, so reading spreads over tasks."""
-    frame = listing.records
-    if frame.empty:
-        return ray.data.from_pandas(frame)
-    chunks = [frame.iloc[start : start + blocks_of] for start in range(0, len(frame), blocks_of)]
-    return ray.data.from_pandas(chunks)
+    table = pa.Table.from_pandas(listing.records, preserve_index=False)
+    return ray.data.from_arrow([table.slice(start, blocks_of) for start in range(0, max(table.num_rows, 1), blocks_of)])
 
 
-def _read_task(batch: pd.DataFrame, preprocess: PreprocessConfig, records: RecordOptions, counter) -> pa.Table:
+def _read_task(batch: pa.Table, preprocess: PreprocessConfig, records: RecordOptions, counter) -> pa.Table:
     """prepare_batch, plus a progress report of the batch to the driver's counter."""
     table = prepare_batch(batch, preprocess, records)
     counter.add.remote(len(batch), table.num_rows - table["reject_reason"].null_count)

@@ -141,6 +141,16 @@ def test_real_ptbxl_500_end_to_end(ray_cluster, ptbxl_dir, tmp_path):
     assert table.groupby("patient_id")["split"].nunique().max() == 1  # patient-disjoint
 
 
+def test_archive_rejected_entirely_while_listing_still_accounts(ray_cluster, tmp_path):
+    archive = write_ptbxl_archive(tmp_path / "archive", [{"ecg_id": 1, "scp_codes": "x"}, {"ecg_id": 2, "strat_fold": 0}])
+    output = tmp_path / "shards"
+    output.mkdir()
+    manifest = prepare("ptbxl", SourceOptions(input=archive), str(output))
+    kept, rejected, _ = read_output(output)
+    assert kept is None and sorted(rejected) == ["ptbxl/00001", "ptbxl/00002"]
+    assert (manifest["records_in"], manifest["records_kept"], manifest["rows"]) == (2, 0, 0)
+
+
 def test_long_records_become_windows(ray_cluster, tmp_path):
     archive = write_ptbxl_archive(tmp_path / "archive", [{"ecg_id": 1, "signal": ecg_like(25, 500)}, {"ecg_id": 2}])
     output = tmp_path / "shards"

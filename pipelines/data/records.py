@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from pipelines.data.preprocess import PreparedSignal, PreprocessConfig, preprocess_windows
@@ -31,12 +30,11 @@ class RecordOptions:
     """Seed of splits decided from headers (WFDB folders)."""
 
 
-def prepare_batch(batch: pd.DataFrame, preprocess: PreprocessConfig, options: RecordOptions) -> pa.Table:
+def prepare_batch(batch: pa.Table, preprocess: PreprocessConfig, options: RecordOptions) -> pa.Table:
     """Listed records [B rows of LISTING_COLUMNS] → shard rows plus `record_path`, `reject_reason`."""
     rows: list[dict] = []
     signals: list[PreparedSignal | None] = []
-    for row in batch.to_dict("records"):
-        row["labels"] = [str(label) for label in row["labels"]]
+    for row in batch.to_pylist():
         try:
             for window_row, prepared in prepare_record(row, preprocess, options):
                 rows.append({**window_row, "reject_reason": None})
@@ -53,7 +51,7 @@ def prepare_record(row: dict, preprocess: PreprocessConfig, options: RecordOptio
         row = {**row, "report": _checked_report(row["report"], options)}
     recording = read_record(row["record_path"])
     expected_fs = row["expected_fs"]
-    if expected_fs is not None and not np.isnan(expected_fs) and recording.fs != expected_fs:
+    if expected_fs is not None and recording.fs != expected_fs:
         raise RecordRejected(
             f"header says {recording.fs:g} Hz where this layout holds {expected_fs:g} Hz records"
         )
