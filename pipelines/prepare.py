@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,7 +48,8 @@ def prepare(
     """Run the prepare stage on the current Ray cluster (started locally if none); returns the manifest."""
     started = time.time()
     if source == "synthetic":
-        options = SourceOptions(**{**asdict(options), "source_name": options.source_name or "synthetic"})
+        # The generator writes its machine-style report; "raw" takes it as written.
+        options = replace(options, source_name=options.source_name or "synthetic", report=options.report or "raw")
         listing = list_source("ptbxl", options)
     else:
         listing = list_source(source, options)
