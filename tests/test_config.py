@@ -1,0 +1,49 @@
+"""Model configs: named JSON files, overrides as a sweep passes them, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.config import ModelConfig, available_configs, load_config
+
+
+def test_named_configs_load_and_round_trip():
+    assert {"tiny", "merl-vit-tiny", "merl-vit-small", "melp-base"} <= set(available_configs())
+    for name in available_configs():
+        config = load_config(name)
+        assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert (load_config("merl-vit-tiny").ecg.width, load_config("merl-vit-tiny").ecg.depth) == (192, 12)
+    assert (load_config("melp-base").ecg.width, load_config("melp-base").ecg.depth) == (768, 8)
+
+
+def test_overrides_as_strings_or_a_dict_and_files(tmp_path):
+    config = load_config("tiny", ["objective.name=mets", "objective.init_temperature=0.05", "text.pooling=cls"])
+    assert (config.objective.name, config.objective.init_temperature, config.text.pooling) == ("mets", 0.05, "cls")
+    assert load_config("tiny", {"objective.ecg_mask_ratio": 0.6}).objective.ecg_mask_ratio == 0.6
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"ecg": {"width": 64, "heads": 4, "pool_heads": 4}}))
+    assert load_config(path).ecg.width == 64 and load_config(path).objective.name == "melp"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective.name=clip"], "unknown objective 'clip'"),
+        (["ecg.widht=3"], "unknown config field 'ecg.widht'"),
+        (["objective.ecg_mask_ratio=1.5"], r"ecg_mask_ratio must be in \[0, 1\)"),
+        (["ecg.patch_size=33"], "not a multiple of patch_size"),
+        (["objective.init_temperature=0.001"], "exceeds max_logit_scale"),
+        (["text.freeze_layers=-2"], "freeze_layers"),
+        (["width"], "is not key=value"),
+    ],
+)
+def test_bad_values_fail_with_a_message(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("tiny", overrides)
+
+
+def test_unknown_name_lists_the_named_configs():
+    with pytest.raises(ValueError, match="no model config 'huge'; named configs: melp-base"):
+        load_config("huge")
