@@ -9,9 +9,11 @@ import pytest
 
 SHARED_PTBXL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl-500"
 
-# Set before Ray starts: no usage reporting, no token auth for the local test cluster.
+# Set before Ray starts: no usage reporting, no token auth for the local test cluster. And before
+# transformers is imported: tests never reach for a model hub (the default text tower ships in a package).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +26,15 @@ def ray_cluster():
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The offline default text tower (all-MiniLM-L6-v2 from its PyPI package), in eval mode."""
+    from models.config import TextTowerConfig
+    from models.text_tower import TextTower
+
+    return TextTower(TextTowerConfig()).eval()
 
 
 @pytest.fixture(scope="session")
