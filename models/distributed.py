@@ -1,0 +1,27 @@
+"""Gathering features across data-parallel ranks, with gradients, for contrastive losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
+    """All ranks' [B, D] features concatenated in rank order: [world * B, D].
+
+    Autograd-aware (open_clip's `gather_with_grad`): the backward pass returns to each rank the
+    gradient that every rank's loss puts on its features, so a local loss per rank trains as the
+    loss over the global batch does. Every rank must pass the same B.
+    """
+    _, world_size = world()
+    if world_size == 1:
+        return features
+    return torch.cat(dist_fn.all_gather(features), dim=0)

@@ -1,0 +1,102 @@
+"""Contrastive losses equal direct reference computations, also split across two gloo ranks."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from models.losses import ClipLoss, LogitScale, SigLipLoss
+
+
+def pairs(n: int = 8, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ecg = F.normalize(torch.randn(n, d, generator=generator), dim=-1)
+    text = F.normalize(torch.randn(n, d, generator=generator), dim=-1)
+    return ecg, text
+
+
+def reference_infonce(ecg, text, scale):
+    """CLIP's loss written out: -log softmax of the matching pair, both directions, averaged."""
+    logits = scale * ecg @ text.T
+    n = len(ecg)
+    ecg_to_text = -sum(logits[i, i] - torch.logsumexp(logits[i], 0) for i in range(n)) / n
+    text_to_ecg = -sum(logits[i, i] - torch.logsumexp(logits[:, i], 0) for i in range(n)) / n
+    return (ecg_to_text + text_to_ecg) / 2
+
+
+def reference_sigmoid(ecg, text, scale, bias):
+    """SigLIP's loss written out: -sum over all pairs of log sigmoid(±logit), over n."""
+    n = len(ecg)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            z = scale * ecg[i] @ text[j] + bias
+            total = total - torch.log(torch.sigmoid(z if i == j else -z))
+    return total / n
+
+
+def test_clip_loss_equals_reference():
+    ecg, text = pairs()
+    scale = torch.tensor(1 / 0.07)
+    torch.testing.assert_close(ClipLoss()(ecg, text, scale), reference_infonce(ecg, text, scale))
+
+
+def test_siglip_loss_equals_reference():
+    ecg, text = pairs()
+    scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    torch.testing.assert_close(SigLipLoss()(ecg, text, scale, bias), reference_sigmoid(ecg, text, scale, bias))
+
+
+def test_logit_scale_init_clamp_and_freeze():
+    scale = LogitScale(0.07, max_scale=100.0)
+    assert math.isclose(scale().item(), 1 / 0.07, rel_tol=1e-5)
+    with torch.no_grad():
+        scale.log_scale.fill_(10.0)
+    assert math.isclose(scale().item(), 100.0, rel_tol=1e-5)
+    assert not LogitScale(0.07, 100.0, learnable=False).log_scale.requires_grad
+
+
+def _rank_worker(rank: int, world_size: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    ecg, text = pairs()
+    half = len(ecg) // world_size
+    rows = slice(rank * half, (rank + 1) * half)
+    local_ecg = ecg[rows].clone().requires_grad_()
+    local_text = text[rows].clone().requires_grad_()
+    clip = ClipLoss()(local_ecg, local_text, torch.tensor(1 / 0.07))
+    clip.backward()
+    siglip = SigLipLoss()(local_ecg.detach(), local_text.detach(), torch.tensor(10.0), torch.tensor(-10.0))
+    results[rank] = (clip.item(), local_ecg.grad.clone(), local_text.grad.clone(), siglip.item())
+    dist.destroy_process_group()
+
+
+def test_gather_across_two_gloo_ranks_matches_the_global_batch():
+    world_size = 2
+    manager = mp.Manager()
+    results = manager.dict()
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_rank_worker, args=(world_size, port, results), nprocs=world_size, join=True)
+
+    ecg, text = pairs()
+    ecg.requires_grad_()
+    text.requires_grad_()
+    scale = torch.tensor(1 / 0.07)
+    full = ClipLoss()(ecg, text, scale)
+    full.backward()
+    # The mean of the ranks' local losses is the global-batch loss ...
+    assert math.isclose(sum(results[r][0] for r in range(world_size)) / world_size, full.item(), rel_tol=1e-5)
+    # ... and each rank's features get world_size x their share of the global gradient (the data-
+    # parallel gradient average then divides by world_size).
+    half = len(ecg) // world_size
+    for r in range(world_size):
+        torch.testing.assert_close(results[r][1] / world_size, ecg.grad[r * half : (r + 1) * half])
+        torch.testing.assert_close(results[r][2] / world_size, text.grad[r * half : (r + 1) * half])
+    siglip_full = SigLipLoss()(ecg.detach(), text.detach(), torch.tensor(10.0), torch.tensor(-10.0))
+    assert math.isclose(sum(results[r][3] for r in range(world_size)) / world_size, siglip_full.item(), rel_tol=1e-5)
