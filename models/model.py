@@ -1,0 +1,124 @@
+"""The two-tower ECG-text model: ECG tower, text tower, projections to a shared space, objective.
+
+    model = ECGTextModel(load_config("tiny"))
+    losses = model(model.collate(signals, lead_masks, reports))   # {"rhythm_loss": …, "loss": …}
+    model.save_pretrained("runs/x/export")                        # config.json, model.safetensors, tokenizer/
+    same = ECGTextModel.from_pretrained("runs/x/export")          # no DeepSpeed, no hub, no pickle
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.config import ModelConfig
+from models.ecg_tower import ECGTower
+from models.objectives import build_objective
+from models.text_tower import TextTower
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+
+
+class ECGTextModel(nn.Module):
+    """ECG tower + text tower, each projected to `objective.embed_dim`, trained by the objective."""
+
+    def __init__(self, config: ModelConfig, text: TextTower | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.ecg = ECGTower(config.ecg)
+        self.text = text if text is not None else TextTower(config.text)
+        self.ecg_projection = nn.Linear(config.ecg.width, config.objective.embed_dim)
+        self.text_projection = nn.Linear(self.text.hidden_size, config.objective.embed_dim)
+        self.objective = build_objective(config, self.text.hidden_size)
+
+    def encode_ecg(self, signal: torch.Tensor, lead_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """signal [B, 12, T], lead_mask [B, 12] bool (None: all leads) → L2-normalised [B, D]."""
+        return F.normalize(self.ecg_projection(self.ecg(signal, lead_mask).pooled), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Tokenized text [B, L] → L2-normalised [B, D]."""
+        return F.normalize(self.text_projection(self.text(input_ids, attention_mask).pooled), dim=-1)
+
+    def encode_reports(self, reports: Sequence[str]) -> torch.Tensor:
+        """Strings → L2-normalised [n, D]; what the zero-shot classifier embeds prompts with."""
+        tokens = self.text.tokenize(list(reports))
+        device = next(self.parameters()).device
+        return self.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+
+    def collate(self, signal, lead_mask, reports: Sequence[str]) -> dict[str, torch.Tensor]:
+        """One training batch from shard columns: signal [B, 12, T], lead_mask [B, 12], reports."""
+        batch = {
+            "signal": torch.as_tensor(np.asarray(signal)),
+            "lead_mask": torch.as_tensor(np.asarray(lead_mask, dtype=bool)),
+        }
+        batch.update(self.objective.text_inputs(list(reports), self.text))
+        return batch
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The objective's named loss terms for a collated batch; `loss` is the weighted total."""
+        return self.objective(self, batch)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config.json (model config + text encoder config), model.safetensors, tokenizer/."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "model": self.config.to_dict(),
+            "text_encoder": self.text.encoder_config_dict(),
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        state = {name: tensor.detach().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        self.text.save_tokenizer(directory / TOKENIZER_DIR)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> ECGTextModel:
+        """Rebuild a saved model; raises ValueError naming the file and what is wrong with it."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path, directory / TOKENIZER_DIR):
+            if not path.exists():
+                raise ValueError(f"{directory} is not a saved model: {path.name} is missing")
+        try:
+            saved = json.loads(config_path.read_text())
+            version = saved["format_version"]
+            config = ModelConfig.from_dict(saved["model"])
+            encoder_config = saved["text_encoder"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{config_path} is not a valid model config: {type(error).__name__}: {error}") from None
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{config_path} has format_version {version}; this code reads {FORMAT_VERSION}")
+        text = TextTower.from_saved(config.text, encoder_config, directory / TOKENIZER_DIR)
+        model = cls(config, text=text)
+        try:
+            state = load_file(str(weights_path))
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{weights_path} is damaged or not a safetensors file: {error}") from None
+        _check_state(model.state_dict(), state, weights_path)
+        model.load_state_dict(state)
+        return model
+
+
+def _check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path) -> None:
+    """Name every missing, unexpected and mis-shaped tensor before loading."""
+    problems = [f"missing {name}" for name in expected.keys() - found.keys()]
+    problems += [f"unexpected {name}" for name in found.keys() - expected.keys()]
+    problems += [
+        f"{name} has shape {tuple(found[name].shape)}, the config builds {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in found and found[name].shape != tensor.shape
+    ]
+    if problems:
+        shown = "; ".join(sorted(problems)[:8]) + (f"; … {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(f"{path} does not match its config: {shown}")
