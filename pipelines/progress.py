@@ -41,7 +41,7 @@ class ProgressLine:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = time.time()
 
-    def __enter__(self) -> "ProgressLine":
+    def __enter__(self) -> ProgressLine:
         self._started = time.time()
         self._thread.start()
         return self

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from pipelines.data.preprocess import PreprocessConfig, preprocess
 from pipelines.data.records import RecordOptions

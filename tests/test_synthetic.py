@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+
 import numpy as np
 import pandas as pd
 import pytest

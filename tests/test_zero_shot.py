@@ -3,8 +3,6 @@ all-MiniLM-L6-v2 tower telling obviously different ECG reports apart."""
 
 from __future__ import annotations
 
-
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 _EKG = re.compile(r"\bekg\b")
 _SPACES = re.compile(r"\s+")

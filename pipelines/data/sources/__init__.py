@@ -8,9 +8,10 @@ are rejected here, with the reason, so that records in = kept + rejected holds f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import pandas as pd
 
