@@ -140,6 +140,18 @@ def test_real_ptbxl_500_end_to_end(ray_cluster, ptbxl_dir, tmp_path):
     assert table.groupby("patient_id")["split"].nunique().max() == 1  # patient-disjoint
 
 
+def test_real_ptbxl_at_100_hz_reads_records100(ray_cluster, ptbxl_dir, tmp_path):
+    output = tmp_path / "low-rate"
+    output.mkdir()
+    options = SourceOptions(input=ptbxl_dir, fs=100, limit=20)
+    manifest = prepare("ptbxl", options, str(output), preprocess=PreprocessConfig(fs=100), records=RecordOptions(min_report_words=0))
+    kept, rejected, _ = read_output(output)
+    assert not rejected and kept.num_rows == 20 and manifest["preprocessing"]["fs"] == 100
+    assert signals_of(kept).shape == (20, 12, 1000) and set(kept["fs"].to_pylist()) == {100}
+    direct = preprocess(read_record(ptbxl_dir / "records100/00000/00001_lr"), PreprocessConfig(fs=100))
+    np.testing.assert_array_equal(dict(zip(kept["ecg_id"].to_pylist(), signals_of(kept)))["ptbxl/00001"], direct.signal)
+
+
 def test_archive_rejected_entirely_while_listing_still_accounts(ray_cluster, tmp_path):
     archive = write_ptbxl_archive(tmp_path / "archive", [{"ecg_id": 1, "scp_codes": "x"}, {"ecg_id": 2, "strat_fold": 0}])
     output = tmp_path / "shards"
