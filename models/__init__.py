@@ -1,1 +1,11 @@
-"""ECG and text towers with the MELP, C-MELT and METS objectives (the next issue builds them)."""
+"""ECG and text towers with the MELP, C-MELT and METS objectives.
+
+    from models.factory import create_model           # model + tokenizer from a name, file or export
+    from models.model import ECGTextModel              # the two-tower model, save/from_pretrained
+    from models.zero_shot import build_zero_shot_classifier, zero_shot_scores
+
+config.py (typed dataclasses, configs/*.json) · ecg_tower.py · text_tower.py · poolers.py ·
+losses.py + distributed.py (contrastive losses with cross-rank gather) · objectives.py (MELP, METS),
+caption_decoder.py and beat_alignment.py (MELP's token and beat levels) · model.py · factory.py ·
+zero_shot.py. Nothing is imported here, so `import models.config` stays light.
+"""
