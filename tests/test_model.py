@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from models.factory import create_model
 from models.model import ECGTextModel
 from pipelines.data.leads import STANDARD_LEADS
-from pipelines.data.preprocess import PreprocessConfig, preprocess
-from pipelines.data.wfdb_io import Recording
-from pipelines.synthetic import SyntheticConfig, generate_batch
 
 TERMS = {"melp": {"rhythm_loss", "token_loss", "beat_loss"}, "mets": {"contrastive_loss"}}
-
-
-@pytest.fixture(scope="module")
-def shard_batch():
-    """8 synthetic ECGs with distinct reports (identical texts cannot be told apart by a contrastive
-    loss), preprocessed as the prepare stage writes them into shards."""
-    signals, metadata = generate_batch(64, np.random.default_rng(0), SyntheticConfig(n=64))
-    first_of_report = {m["report"]: i for i, m in reversed(list(enumerate(metadata)))}
-    chosen = sorted(first_of_report.values())[:8]
-    prepared = [preprocess(Recording(f"s{i}", signals[i], 500, list(STANDARD_LEADS)), PreprocessConfig()) for i in chosen]
-    return (
-        np.stack([p.signal for p in prepared]),  # float16 [8, 12, 5000]
-        np.stack([p.lead_mask for p in prepared]),  # bool [8, 12]
-        [metadata[i]["report"] for i in chosen],
-    )
 
 
 @pytest.mark.parametrize("objective", ["melp", "mets"])
@@ -118,8 +99,3 @@ def test_lead_subsets_are_scored(leads, shard_batch):
         embedding = model.encode_ecg(signal, lead_mask)
     assert embedding.shape == (8, 32) and torch.isfinite(embedding).all()
     torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(8))
-
-
-def test_cmelt_is_not_built_yet_and_says_so():
-    with pytest.raises(NotImplementedError, match="C-MELT is the next step"):
-        create_model("tiny", objective="cmelt")

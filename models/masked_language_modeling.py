@@ -1,0 +1,118 @@
+"""Masked language modelling (BERT): corrupt a fraction of the report tokens, predict the originals.
+
+C-MELT trains its text tower with this loss among its other terms; MELP's stage 1 is this loss alone
+(`TextMLMObjective`, objective "melp-lm"): continued pre-training of the text tower on report text.
+
+    masked_ids, labels = mask_tokens(input_ids, attention_mask, special_ids, mask_id, vocab_size, 0.25)
+    loss = head(text(masked_ids, attention_mask).tokens, labels, text.word_embeddings)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.caption_decoder import IGNORE_INDEX
+from models.config import ObjectiveConfig
+
+if TYPE_CHECKING:
+    from models.model import ECGTextModel
+    from models.text_tower import TextTower
+
+MASK_TOKEN_SHARE = 0.8
+"""Of the chosen tokens, this share becomes [MASK] and RANDOM_TOKEN_SHARE a random token; the rest stay."""
+RANDOM_TOKEN_SHARE = 0.1
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_ids: Sequence[int],
+    mask_token_id: int,
+    vocab_size: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption of a tokenized batch.
+
+    input_ids, attention_mask: [B, L]. A token is eligible when it is real (mask 1) and not in
+    special_ids. Each row chooses round(ratio · n) of its n eligible tokens uniformly at random,
+    rounding stochastically so that the expected count is exactly ratio · n, and at least one when
+    n > 0. Chosen tokens become mask_token_id (80 %), a uniformly random id below vocab_size (10 %),
+    or stay as they are (10 %).
+
+    Returns masked_ids [B, L] and labels [B, L]: the original id where chosen, IGNORE_INDEX (-100) elsewhere.
+    """
+    device = input_ids.device
+    special = torch.as_tensor(list(special_ids), device=device)
+    eligible = attention_mask.bool() & ~torch.isin(input_ids, special)  # [B, L]
+    expected = ratio * eligible.sum(dim=1)  # [B]
+    n_chosen = (expected + torch.rand(expected.shape, generator=generator, device=device)).floor().clamp(min=1)
+    scores = torch.rand(input_ids.shape, generator=generator, device=device).masked_fill(~eligible, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)  # [B, L]: eligible tokens come first, in random order
+    chosen = eligible & (rank < n_chosen.unsqueeze(1))  # [B, L]
+    action = torch.rand(input_ids.shape, generator=generator, device=device)  # [B, L]
+    to_mask = chosen & (action < MASK_TOKEN_SHARE)
+    to_random = chosen & (action >= MASK_TOKEN_SHARE) & (action < MASK_TOKEN_SHARE + RANDOM_TOKEN_SHARE)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=device)
+    masked_ids = input_ids.masked_fill(to_mask, mask_token_id).where(~to_random, random_ids)
+    return masked_ids, input_ids.masked_fill(~chosen, IGNORE_INDEX)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's prediction head: dense + GELU + LayerNorm, then scores against the word embeddings.
+
+    The output matrix is the text tower's input embedding, passed in at call time (tied, and
+    registered only once, in the text tower). There is no per-token output bias: its size, the
+    vocabulary, is not known when objectives are built (they get the text width only); the
+    LayerNorm shift, scored against the embeddings, gives a rank-H per-token bias instead.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, word_embeddings: nn.Embedding) -> torch.Tensor:
+        """tokens [B, L, H] encoded from the masked ids; labels [B, L] from `mask_tokens`.
+
+        Returns the scalar mean cross-entropy over the predicted positions (labels != IGNORE_INDEX).
+        """
+        predicted = labels != IGNORE_INDEX  # [B, L]
+        hidden = self.norm(F.gelu(self.dense(tokens[predicted])))  # [M, H]
+        logits = hidden @ word_embeddings.weight.T  # [M, V]
+        return F.cross_entropy(logits, labels[predicted])
+
+
+def masked_lm_loss(
+    text: TextTower, head: MaskedLMHead, input_ids: torch.Tensor, attention_mask: torch.Tensor, ratio: float
+) -> torch.Tensor:
+    """Mask `ratio` of the reports' tokens [B, L] (the tokenizer's special tokens never), encode them
+    with the text tower, and return the head's scalar cross-entropy on the masked positions."""
+    masked_ids, labels = mask_tokens(
+        input_ids, attention_mask, text.tokenizer.all_special_ids, text.mask_token_id, text.vocab_size, ratio
+    )
+    return head(text(masked_ids, attention_mask).tokens, labels, text.word_embeddings)
+
+
+class TextMLMObjective(nn.Module):
+    """MELP stage 1: masked-LM training of the text tower on reports (text_mask_ratio of the tokens).
+
+    Only the text tower and this head are used; the ECG side of the batch is ignored.
+    """
+
+    def __init__(self, config: ObjectiveConfig, text_width: int) -> None:
+        super().__init__()
+        self.mask_ratio = config.text_mask_ratio
+        self.head = MaskedLMHead(text_width)
+
+    def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
+        return text.tokenize(reports)
+
+    def forward(self, model: ECGTextModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mlm = masked_lm_loss(model.text, self.head, batch["input_ids"], batch["attention_mask"], self.mask_ratio)
+        return {"mlm_loss": mlm, "loss": mlm}
