@@ -68,6 +68,15 @@ def reject_duplicate_ids(rows: pd.DataFrame, rejected: list[dict]) -> pd.DataFra
     return rows[~duplicated].reset_index(drop=True)
 
 
+def require_files(folder: Path, names: list[str], layout: str) -> list[Path]:
+    """The paths of `names` in `folder`; a ValueError naming the first that is missing."""
+    paths = [folder / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"{folder} is not a {layout} folder: {path.name} is missing")
+    return paths
+
+
 def require_columns(table: pd.DataFrame, columns: list[str], file: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:

@@ -9,7 +9,14 @@ from __future__ import annotations
 import pandas as pd
 
 from pipelines.data.reports import join_statements
-from pipelines.data.sources import LISTING_COLUMNS, Listing, SourceOptions, reject_duplicate_ids, require_columns
+from pipelines.data.sources import (
+    LISTING_COLUMNS,
+    Listing,
+    SourceOptions,
+    reject_duplicate_ids,
+    require_columns,
+    require_files,
+)
 from pipelines.data.splits import hashed_split
 
 VAL_FRACTION = 0.02
@@ -18,11 +25,9 @@ REPORT_COLUMNS = [f"report_{i}" for i in range(18)]
 
 def list_records(options: SourceOptions) -> Listing:
     source = options.source_name or "mimic-iv-ecg"
-    record_file = options.input / "record_list.csv"
-    measurement_file = options.input / "machine_measurements.csv"
-    for file in (record_file, measurement_file):
-        if not file.is_file():
-            raise ValueError(f"{options.input} is not a MIMIC-IV-ECG folder: {file.name} is missing")
+    record_file, measurement_file = require_files(
+        options.input, ["record_list.csv", "machine_measurements.csv"], "MIMIC-IV-ECG"
+    )
     records = pd.read_csv(record_file, nrows=options.limit)
     require_columns(records, ["subject_id", "study_id", "path"], record_file)
     measurements = pd.read_csv(measurement_file)

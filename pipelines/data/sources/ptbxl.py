@@ -11,18 +11,21 @@ import ast
 import pandas as pd
 
 from pipelines.data.reports import join_statements
-from pipelines.data.sources import LISTING_COLUMNS, Listing, SourceOptions, reject_duplicate_ids, require_columns
+from pipelines.data.sources import (
+    LISTING_COLUMNS,
+    Listing,
+    SourceOptions,
+    reject_duplicate_ids,
+    require_columns,
+    require_files,
+)
 
 FOLD_SPLITS = {**{fold: "train" for fold in range(1, 9)}, 9: "val", 10: "test"}
 
 
 def list_records(options: SourceOptions) -> Listing:
     source = options.source_name or "ptbxl"
-    database_file = options.input / "ptbxl_database.csv"
-    statements_file = options.input / "scp_statements.csv"
-    for file in (database_file, statements_file):
-        if not file.is_file():
-            raise ValueError(f"{options.input} is not a PTB-XL folder: {file.name} is missing")
+    database_file, statements_file = require_files(options.input, ["ptbxl_database.csv", "scp_statements.csv"], "PTB-XL")
     database = pd.read_csv(database_file, nrows=options.limit, dtype={"filename_lr": str, "filename_hr": str})
     require_columns(database, ["ecg_id", "patient_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr"], database_file)
     statements = pd.read_csv(statements_file, index_col=0)
