@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.cross_attention import TextOverECG
+
 IGNORE_INDEX = -100
 
 
@@ -18,15 +20,9 @@ class CaptionDecoder(nn.Module):
 
     def __init__(self, text_width: int, ecg_width: int, layers: int, max_length: int) -> None:
         super().__init__()
-        heads = max(1, text_width // 64)
-        self.memory_projection = nn.Linear(ecg_width, text_width)
         self.positions = nn.Parameter(torch.zeros(max_length, text_width))
         nn.init.normal_(self.positions, std=0.02)
-        layer = nn.TransformerDecoderLayer(
-            text_width, heads, 4 * text_width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.decoder = nn.TransformerDecoder(layer, layers)
-        self.norm = nn.LayerNorm(text_width)
+        self.decoder = TextOverECG(text_width, ecg_width, layers)
 
     def forward(
         self,
@@ -41,15 +37,8 @@ class CaptionDecoder(nn.Module):
         Returns the scalar mean loss.
         """
         inputs, targets = input_ids[:, :-1], input_ids[:, 1:]  # [B, L-1] each
-        length = inputs.shape[1]
-        x = word_embeddings(inputs) + self.positions[:length]  # [B, L-1, H]
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
-        hidden = self.decoder(
-            x,
-            memory=self.memory_projection(ecg_tokens),  # [B, N, H]
-            tgt_mask=causal,
-            tgt_key_padding_mask=attention_mask[:, :-1] == 0,
-        )
-        logits = self.norm(hidden) @ word_embeddings.weight.T  # [B, L-1, V]
+        x = word_embeddings(inputs) + self.positions[: inputs.shape[1]]  # [B, L-1, H]
+        hidden = self.decoder(x, attention_mask[:, :-1] == 0, ecg_tokens, causal=True)  # [B, L-1, H]
+        logits = hidden @ word_embeddings.weight.T  # [B, L-1, V]
         targets = targets.masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)

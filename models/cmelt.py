@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import ModelConfig, ObjectiveConfig
+from models.cross_attention import TextOverECG
 from models.ecg_tower import ECGTower, sincos_position_embedding
 from models.losses import LogitScale, SigLipLoss
 from models.masked_language_modeling import MaskedLMHead, masked_lm_loss
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 PATCH_NORM_EPS = 1e-6
 DECODER_HEAD_WIDTH = 32
 """Channels per attention head of the ECG decoder (MAE's decoder: 512 wide, 16 heads)."""
-FUSION_HEAD_WIDTH = 64
 
 
 def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
@@ -137,28 +137,15 @@ class ECGTextMatching(nn.Module):
 
     def __init__(self, text_width: int, ecg_width: int, layers: int) -> None:
         super().__init__()
-        self.memory_projection = nn.Linear(ecg_width, text_width)
-        layer = nn.TransformerDecoderLayer(
-            text_width,
-            max(1, text_width // FUSION_HEAD_WIDTH),
-            4 * text_width,
-            dropout=0.0,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.fusion = nn.TransformerDecoder(layer, layers)
-        self.norm = nn.LayerNorm(text_width)
+        self.fusion = TextOverECG(text_width, ecg_width, layers)
         self.head = nn.Linear(text_width, 2)
 
     def match_logits(
         self, text_tokens: torch.Tensor, attention_mask: torch.Tensor, ecg_tokens: torch.Tensor
     ) -> torch.Tensor:
         """text_tokens [M, L, H], attention_mask [M, L], ecg_tokens [M, N, W] → logits [M, 2] (1 = a pair)."""
-        fused = self.fusion(
-            text_tokens, memory=self.memory_projection(ecg_tokens), tgt_key_padding_mask=attention_mask == 0
-        )  # [M, L, H]
-        return self.head(self.norm(fused[:, 0]))
+        fused = self.fusion(text_tokens, attention_mask == 0, ecg_tokens)  # [M, L, H]
+        return self.head(fused[:, 0])
 
     def forward(
         self,
