@@ -5,7 +5,8 @@ sigmoid contrastive loss, trained together.
 
 Each term is a small piece here: `masked_ecg_loss` (MAE with a light `MaskedECGDecoder`), the text
 tower's masked-LM loss (models.masked_language_modeling), `ECGTextMatching` (fusion layers and a
-matching head) fed by `n3s_negatives`, and SigLIP (models.losses). "loss" is their weighted sum.
+matching head) on positives and N3S negatives both ways (models.n3s: the batch and a bank of recent
+reports), and SigLIP (models.losses). "loss" is their weighted sum.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from models.cross_attention import TextOverECG
 from models.ecg_tower import ECGTower, sincos_position_embedding
 from models.losses import LogitScale, SigLipLoss
 from models.masked_language_modeling import MaskedLMHead, masked_lm_loss
+from models.n3s import ReportBank, drop_padding_columns, n3s_negatives
+from models.text_tower import TextTower, pool_tokens
 
 if TYPE_CHECKING:
     from models.model import ECGTextModel
-    from models.text_tower import TextTower
 
 PATCH_NORM_EPS = 1e-6
 DECODER_HEAD_WIDTH = 32
@@ -106,66 +108,26 @@ def masked_ecg_loss(
     return masked_patch_loss(prediction, target, mask)
 
 
-def n3s_negatives(
-    text_embeddings: torch.Tensor, input_ids: torch.Tensor, n_candidates: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """N3S negative sampling within the batch: for ECG i, a report least similar to report i.
-
-    text_embeddings [B, D] (detached here); input_ids [B, L], the padded tokenized reports: rows with
-    the same ids are the same report text. The candidates for row i are the n_candidates nearest
-    neighbours, by cosine, of the negated embedding of report i (its least similar reports), never
-    report i itself nor a report with its text; one is drawn uniformly. Candidates come from this
-    batch only: a corpus-level bank of report embeddings, as C-MELT searches, is future work.
-
-    Returns negative [B] long (the report index paired with ECG i) and has_negative [B] bool (False
-    where every report in the batch has report i's text; negative is then meaningless).
-    """
-    with torch.no_grad():
-        unit = F.normalize(text_embeddings.detach(), dim=-1)  # [B, D]
-        closeness_to_opposite = -unit @ unit.T  # [B, B]: cosine of report j with the negation of report i
-        same_text = (input_ids.unsqueeze(1) == input_ids.unsqueeze(0)).all(dim=-1)  # [B, B], diagonal True
-        scores = closeness_to_opposite.masked_fill(same_text, float("-inf"))
-        rank = scores.argsort(dim=1, descending=True).argsort(dim=1)  # [B, B]: 0 = least similar report
-        candidates = ~same_text & (rank < n_candidates)  # [B, B]
-        draw = torch.rand(candidates.shape, device=candidates.device).masked_fill(~candidates, -1.0)
-        return draw.argmax(dim=1), candidates.any(dim=1)
-
-
 class ECGTextMatching(nn.Module):
     """ECG-text matching: fusion layers in which report tokens self-attend and cross-attend to the ECG
-    tokens (projected to the text width), and a 2-way linear head on the fused first token."""
+    tokens (projected to the text width), and a 2-way linear head on the fused report, pooled as the
+    text tower pools ("cls", "mean" or "last"). Not always the first token, as ALBEF's head reads:
+    sentence encoders such as all-MiniLM-L6-v2 are trained mean-pooled, and on the tiny config
+    (seeds 0-9) ITM falls below 0.5 ln 2 after 60-110 steps mean-pooled, 70-200+ from the first token.
+    """
 
-    def __init__(self, text_width: int, ecg_width: int, layers: int) -> None:
+    def __init__(self, text_width: int, ecg_width: int, layers: int, pooling: str) -> None:
         super().__init__()
         self.fusion = TextOverECG(text_width, ecg_width, layers)
         self.head = nn.Linear(text_width, 2)
+        self.pooling = pooling
 
-    def match_logits(
+    def forward(
         self, text_tokens: torch.Tensor, attention_mask: torch.Tensor, ecg_tokens: torch.Tensor
     ) -> torch.Tensor:
         """text_tokens [M, L, H], attention_mask [M, L], ecg_tokens [M, N, W] → logits [M, 2] (1 = a pair)."""
         fused = self.fusion(text_tokens, attention_mask == 0, ecg_tokens)  # [M, L, H]
-        return self.head(fused[:, 0])
-
-    def forward(
-        self,
-        text_tokens: torch.Tensor,
-        attention_mask: torch.Tensor,
-        ecg_tokens: torch.Tensor,
-        negative: torch.Tensor,
-        has_negative: torch.Tensor,
-    ) -> torch.Tensor:
-        """Scalar cross-entropy over B positives (ECG i, report i) and the negatives (ECG i, report
-        negative[i]) where has_negative[i]. text_tokens [B, L, H], attention_mask [B, L], ecg_tokens [B, N, W]."""
-        negative = negative[has_negative]  # [B']
-        logits = self.match_logits(
-            torch.cat([text_tokens, text_tokens[negative]]),  # [B + B', L, H]
-            torch.cat([attention_mask, attention_mask[negative]]),  # [B + B', L]
-            torch.cat([ecg_tokens, ecg_tokens[has_negative]]),  # [B + B', N, W]
-        )  # [B + B', 2]
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        labels[: text_tokens.shape[0]] = 1
-        return F.cross_entropy(logits, labels)
+        return self.head(pool_tokens(fused, attention_mask, self.pooling))  # [M, 2]
 
 
 class CmeltObjective(nn.Module):
@@ -173,24 +135,68 @@ class CmeltObjective(nn.Module):
 
     The contrastive and matching terms see the whole ECG (one forward through the tower: its pooled
     embedding is projected and normalised as `encode_ecg` does, its tokens feed the fusion layers)
-    and the unmasked report; MEM and MLM see their own masked copies.
+    and the unmasked report; MEM and MLM see their own masked copies. In training, each step's
+    reports (of every rank) then enter the N3S report bank.
     """
 
-    def __init__(self, config: ObjectiveConfig, model_config: ModelConfig, text_width: int) -> None:
+    def __init__(self, config: ObjectiveConfig, model_config: ModelConfig, text: TextTower) -> None:
         super().__init__()
         ecg = model_config.ecg
         self.config = config
         self.ecg_decoder = MaskedECGDecoder(
             ecg.width, config.decoder_width, config.decoder_depth, ecg.n_patches, ecg.n_leads * ecg.patch_size
         )
-        self.mlm_head = MaskedLMHead(text_width)
-        self.matching = ECGTextMatching(text_width, ecg.width, config.fusion_layers)
+        self.mlm_head = MaskedLMHead(text.hidden_size, text.vocab_size)
+        self.matching = ECGTextMatching(text.hidden_size, ecg.width, config.fusion_layers, model_config.text.pooling)
+        self.report_bank = ReportBank(
+            config.n3s_bank_size,
+            config.embed_dim,
+            model_config.text.max_length,
+            text.pad_token_id,
+            text.tokenizer.padding_side,
+        )
         self.logit_scale = LogitScale(1 / config.siglip_init_scale, config.max_logit_scale, config.learn_temperature)
-        self.logit_bias = nn.Parameter(torch.tensor(float(config.siglip_init_bias)))
+        self.logit_bias = nn.Parameter(torch.full((1,), float(config.siglip_init_bias)))  # [1]: see LogitScale
         self.siglip = SigLipLoss()
 
     def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
         return text.tokenize(reports)
+
+    def matching_loss(
+        self,
+        text: TextTower,
+        text_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        report_embeddings: torch.Tensor,
+        ecg_tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        """ITM in both directions (ALBEF): cross-entropy of the matching head over the B positives
+        (ECG i, report i), the pairs (ECG i, an N3S report of the batch or the bank) and the pairs
+        (the ECG of an N3S report of the batch, report i), wherever N3S finds a report of another text.
+
+        text_tokens [B, L, H], input_ids and attention_mask [B, L], report_embeddings [B, D] (the
+        reports' normalised embeddings, which rank the candidates), ecg_tokens [B, N, W]. The B
+        negative reports of the first kind are encoded here, in one text-tower call on every step
+        and rank (as ZeRO-3's parameter gathering needs), whether they come from the batch or the bank.
+        """
+        bank, n_candidates = self.report_bank, self.config.n3s_candidates
+        batch_size = len(input_ids)
+        pool, pool_ids, pool_mask = bank.with_batch(report_embeddings, input_ids, attention_mask)  # [B + K, …]
+        report, has_report = n3s_negatives(report_embeddings, pool_ids[:batch_size], pool, pool_ids, n_candidates)
+        ecg, has_ecg = n3s_negatives(report_embeddings, input_ids, report_embeddings, input_ids, n_candidates)
+        negative_ids, negative_mask = drop_padding_columns(pool_ids[report], pool_mask[report])  # [B, L']
+        negative_tokens = text(negative_ids, negative_mask).tokens  # [B, L', H]
+        rows = torch.arange(batch_size, device=input_ids.device)  # [B]
+        text_rows, ecg_rows = torch.cat([rows, rows[has_ecg]]), torch.cat([rows, ecg[has_ecg]])  # [B + B']
+        logits = torch.cat(
+            [
+                self.matching(text_tokens[text_rows], attention_mask[text_rows], ecg_tokens[ecg_rows]),
+                self.matching(negative_tokens, negative_mask, ecg_tokens)[has_report],
+            ]
+        )  # [B + B' + B'', 2]
+        labels = (torch.arange(len(logits), device=logits.device) < batch_size).long()  # 1 = a pair
+        return F.cross_entropy(logits, labels)
 
     def forward(self, model: ECGTextModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         config = self.config
@@ -202,9 +208,10 @@ class CmeltObjective(nn.Module):
         text_out = model.text(input_ids, attention_mask)
         ecg = F.normalize(model.ecg_projection(ecg_out.pooled), dim=-1)  # [B, D]
         text = F.normalize(model.text_projection(text_out.pooled), dim=-1)  # [B, D]
-        negative, has_negative = n3s_negatives(text, input_ids, config.n3s_candidates)
-        itm = self.matching(text_out.tokens, attention_mask, ecg_out.tokens, negative, has_negative)
+        itm = self.matching_loss(model.text, text_out.tokens, input_ids, attention_mask, text, ecg_out.tokens)
         contrastive = self.siglip(ecg, text, self.logit_scale(), self.logit_bias)
+        if self.training:
+            self.report_bank.add(text, input_ids, attention_mask)
         total = (
             config.mem_weight * mem
             + config.mlm_weight * mlm

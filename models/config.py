@@ -46,7 +46,9 @@ class ECGTowerConfig:
         if self.n_samples % self.patch_size:
             raise ValueError(f"n_samples {self.n_samples} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads or self.width % self.pool_heads:
-            raise ValueError(f"width {self.width} must be divisible by heads {self.heads} and pool_heads {self.pool_heads}")
+            raise ValueError(
+                f"width {self.width} must be divisible by heads {self.heads} and pool_heads {self.pool_heads}"
+            )
         if not 0.0 <= self.lead_drop_prob < 1.0:
             raise ValueError(f"lead_drop_prob must be in [0, 1), got {self.lead_drop_prob}")
 
@@ -109,6 +111,9 @@ class ObjectiveConfig:
     siglip_init_bias: float = -10.0
     n3s_candidates: int = 8
     """N3S: a negative is drawn from this many reports least similar to the positive."""
+    n3s_bank_size: int = 4096
+    """N3S searches the batch and a bank of the last this many training reports (of all ranks);
+    0 = the batch only. The bank is not saved with the model: a resumed run refills it."""
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
@@ -116,10 +121,16 @@ class ObjectiveConfig:
         for ratio in ("ecg_mask_ratio", "text_mask_ratio"):
             if not 0.0 <= getattr(self, ratio) < 1.0:
                 raise ValueError(f"{ratio} must be in [0, 1), got {getattr(self, ratio)}")
+        if self.n3s_candidates < 1 or self.n3s_bank_size < 0:
+            raise ValueError(
+                f"n3s_candidates must be at least 1 and n3s_bank_size at least 0, got {self.n3s_candidates}, {self.n3s_bank_size}"
+            )
         if self.init_temperature <= 0 or self.max_logit_scale <= 1:
             raise ValueError("init_temperature must be positive and max_logit_scale above 1")
         if math.log(1 / self.init_temperature) > math.log(self.max_logit_scale):
-            raise ValueError(f"1/init_temperature {1 / self.init_temperature:g} exceeds max_logit_scale {self.max_logit_scale:g}")
+            raise ValueError(
+                f"1/init_temperature {1 / self.init_temperature:g} exceeds max_logit_scale {self.max_logit_scale:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -146,7 +157,7 @@ class ModelConfig:
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> ModelConfig:
         """Apply `section.field=value` overrides (strings parsed as JSON where they parse)."""
-        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
         data = self.to_dict()
         for key, value in items:
             section, _, name = key.partition(".")
@@ -156,7 +167,8 @@ class ModelConfig:
         return ModelConfig.from_dict(data)
 
 
-def _split_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` → (key, value parsed as JSON where it parses, else the raw string)."""
     key, separator, raw = text.partition("=")
     if not separator:
         raise ValueError(f"override {text!r} is not key=value")
@@ -187,4 +199,3 @@ def load_config(name_or_path: str | os.PathLike, overrides: list[str] | dict | N
         raise ValueError(f"no model config {name_or_path!r}; named configs: {', '.join(available_configs())}")
     config = ModelConfig.from_dict(json.loads(path.read_text()))
     return config.with_overrides(overrides) if overrides else config
-

@@ -34,9 +34,7 @@ class TextOverECG(nn.Module):
         """text [B, L, H], padding_mask [B, L] bool (True = pad), ecg_tokens [B, N, W] → [B, L, H]."""
         length = text.shape[1]
         mask = (
-            torch.triu(torch.ones(length, length, dtype=torch.bool, device=text.device), diagonal=1)
-            if causal
-            else None
+            torch.triu(torch.ones(length, length, dtype=torch.bool, device=text.device), diagonal=1) if causal else None
         )
         hidden = self.layers(
             text, memory=self.memory_projection(ecg_tokens), tgt_mask=mask, tgt_key_padding_mask=padding_mask

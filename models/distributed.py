@@ -1,4 +1,5 @@
-"""Gathering features across data-parallel ranks, with gradients, for contrastive losses."""
+"""Gathering tensors across data-parallel ranks: with gradients for contrastive losses, without for
+C-MELT's report bank."""
 
 from __future__ import annotations
 
@@ -25,3 +26,15 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     if world_size == 1:
         return features
     return torch.cat(dist_fn.all_gather(features), dim=0)
+
+
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All ranks' [B, ...] tensors, detached, concatenated in rank order: [world * B, ...]. Every rank
+    must pass the same shape."""
+    _, world_size = world()
+    tensor = tensor.detach()
+    if world_size == 1:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)

@@ -1,8 +1,8 @@
 """The ECG tower: a 1-D ViT over time patches of the 12-lead signal (MERL's ViT-1D), MAE-ready.
 
 A record [B, 12, T] is cut into N = T / P patches of P consecutive samples of all 12 leads; each
-patch is projected to a token of width W, told which leads are absent, and given a fixed sin-cos
-position. Pre-norm transformer blocks encode the tokens, and learned-query poolers summarise them
+patch is projected to a token of width W and layer-normalised, told which leads are absent, and
+given a fixed sin-cos position. Pre-norm transformer blocks encode the tokens, and learned-query poolers summarise them
 into one global embedding and K beat-level embeddings.
 
 The tower knows no objective. `forward` is embed → encode → pool; masked ECG modelling (C-MELT)
@@ -54,11 +54,17 @@ def sincos_position_embedding(n_positions: int, width: int) -> torch.Tensor:
 class ECGTower(nn.Module):
     """1-D ViT over time patches of a 12-lead ECG, with global and beat-level attentional poolers.
 
+    The patch projection is followed by a LayerNorm (timm's PatchEmbed `norm_layer`, Swin's
+    patch_norm), so content tokens have norm ≈ sqrt(W) whatever the signal's scale, on a par with
+    the sin-cos positions (norm sqrt(W / 2)). Without it, centred min-max [0, 1] signals (std ≈ 0.07)
+    gave tokens ~16× smaller than the positions they are added to (0.24 against 4.0 at W = 32), and
+    the blocks saw mostly position: records stayed hard to tell apart for 100+ steps.
+
     Absent leads are zeroed before the patch projection, so their values cannot reach the model,
     and a learned per-lead "absent" embedding (a [12, W] table) is added to every token for each
     absent lead. Zeroing alone would make a missing lead look like a flat one; the additive
-    embedding is what a linear layer over 12 extra mask channels would compute, but keeps the
-    projection's input exactly the patchify output [12 * P] that MAE reconstruction targets use.
+    embedding acts as a linear layer over 12 extra mask channels would, but keeps the projection's
+    input exactly the patchify output [12 * P] that MAE reconstruction targets use.
     """
 
     def __init__(self, config: ECGTowerConfig) -> None:
@@ -66,10 +72,9 @@ class ECGTower(nn.Module):
         self.config = config
         width = config.width
         self.patch_projection = nn.Linear(self.patch_dim, width)
+        self.patch_norm = nn.LayerNorm(width)
         self.absent_lead_embedding = nn.Parameter(0.02 * torch.randn(config.n_leads, width))
-        self.register_buffer(
-            "position_embedding", sincos_position_embedding(config.n_patches, width), persistent=False
-        )
+        self.register_buffer("position_embedding", sincos_position_embedding(config.n_patches, width), persistent=False)
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 d_model=width,
@@ -125,7 +130,7 @@ class ECGTower(nn.Module):
             raise ValueError(f"records {empty.tolist()} of the batch have no lead present")
 
     def embed(self, signal: torch.Tensor, lead_mask: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with absent-lead and position embeddings.
+        """Patch tokens (projected, layer-normalised) with absent-lead and position embeddings added.
 
         signal: [B, 12, T] (any float dtype; cast to the parameters' dtype). lead_mask: [B, 12] bool,
         True where the lead is present. Returns tokens [B, N, W]; values of absent leads have no effect.
@@ -136,14 +141,12 @@ class ECGTower(nn.Module):
         signal = signal.to(self.patch_projection.weight.dtype)
         signal = signal.masked_fill(~lead_mask.unsqueeze(-1), 0.0)  # [B, 12, T]
         signal = signal - signal.mean(dim=-1, keepdim=True)  # absent leads stay zero
-        tokens = self.patch_projection(self.patchify(signal))  # [B, N, W]
+        tokens = self.patch_norm(self.patch_projection(self.patchify(signal)))  # [B, N, W]
         absent = (~lead_mask).to(tokens.dtype) @ self.absent_lead_embedding  # [B, W]
         return tokens + absent.unsqueeze(1) + self.position_embedding  # [B, N, W]
 
     @staticmethod
-    def random_masking(
-        tokens: torch.Tensor, mask_ratio: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def random_masking(tokens: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample random masking by argsort of uniform noise (MAE's `random_masking`).
 
         tokens: [B, N, W]. Returns kept [B, N_keep, W] with N_keep = int(N * (1 - mask_ratio)),

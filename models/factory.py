@@ -26,15 +26,18 @@ def create_model(
             raise ValueError("a saved model is loaded as saved; objective and overrides apply to configs")
         model = ECGTextModel.from_pretrained(path)
         return model, model.text.tokenizer
-    config = load_config(name_or_path, overrides)
-    if objective is not None:
-        config = replace(config, objective=replace(config.objective, name=objective))
-    config = _with_objective_rules(config)
-    model = ECGTextModel(config)
+    model = ECGTextModel(resolve_config(name_or_path, objective, overrides))
     return model, model.text.tokenizer
 
 
-def _with_objective_rules(config: ModelConfig) -> ModelConfig:
+def resolve_config(
+    name_or_path: str | os.PathLike, objective: str | None = None, overrides: list[str] | dict | None = None
+) -> ModelConfig:
+    """The model config `create_model` builds: named config or JSON file, objective, overrides, and the
+    objective's rules (METS freezes the whole text tower)."""
+    config = load_config(name_or_path, overrides)
+    if objective is not None:
+        config = replace(config, objective=replace(config.objective, name=objective))
     if config.objective.name == "mets" and config.text.freeze_layers != -1:
-        return replace(config, text=replace(config.text, freeze_layers=-1))
+        config = replace(config, text=replace(config.text, freeze_layers=-1))
     return config

@@ -58,9 +58,10 @@ class LogitScale(nn.Module):
 
     def __init__(self, init_temperature: float, max_scale: float, learnable: bool = True) -> None:
         super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)), requires_grad=learnable)
+        # Shape [1], not a 0-dim scalar: DeepSpeed's initial broadcast cannot handle 0-dim parameters.
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(1 / init_temperature)), requires_grad=learnable)
         self.max_log_scale = math.log(max_scale)
 
     def forward(self) -> torch.Tensor:
         """The exp'd, clamped scale (a scalar tensor)."""
-        return self.log_scale.clamp(max=self.max_log_scale).exp()
+        return self.log_scale.clamp(max=self.max_log_scale).exp().squeeze(0)

@@ -64,28 +64,31 @@ def mask_tokens(
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's prediction head: dense + GELU + LayerNorm, then scores against the word embeddings.
+    """BERT's prediction head: dense + GELU + LayerNorm, then scores against the word embeddings plus
+    a per-token output bias [V] (zero at the start, as BERT's).
 
     The output matrix is the text tower's input embedding, passed in at call time (tied, and
-    registered only once, in the text tower). There is no per-token output bias: its size, the
-    vocabulary, is not known when objectives are built (they get the text width only); the
-    LayerNorm shift, scored against the embeddings, gives a rank-H per-token bias instead.
+    registered only once, in the text tower).
     """
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, vocab_size: int) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor, word_embeddings: nn.Embedding) -> torch.Tensor:
         """tokens [B, L, H] encoded from the masked ids; labels [B, L] from `mask_tokens`.
 
-        Returns the scalar mean cross-entropy over the predicted positions (labels != IGNORE_INDEX).
+        Returns the scalar mean cross-entropy over the predicted positions (labels != IGNORE_INDEX);
+        with none (no maskable token in the batch), a zero still connected to the graph, so that
+        backward runs and every parameter gets a (zero) gradient, as data-parallel training needs.
         """
         predicted = labels != IGNORE_INDEX  # [B, L]
         hidden = self.norm(F.gelu(self.dense(tokens[predicted])))  # [M, H]
-        logits = hidden @ word_embeddings.weight.T  # [M, V]
-        return F.cross_entropy(logits, labels[predicted])
+        logits = hidden @ word_embeddings.weight.T + self.bias  # [M, V]
+        total = F.cross_entropy(logits, labels[predicted], reduction="sum")  # 0 where M = 0
+        return total / predicted.sum().clamp(min=1)
 
 
 def masked_lm_loss(
@@ -105,10 +108,10 @@ class TextMLMObjective(nn.Module):
     Only the text tower and this head are used; the ECG side of the batch is ignored.
     """
 
-    def __init__(self, config: ObjectiveConfig, text_width: int) -> None:
+    def __init__(self, config: ObjectiveConfig, text: TextTower) -> None:
         super().__init__()
         self.mask_ratio = config.text_mask_ratio
-        self.head = MaskedLMHead(text_width)
+        self.head = MaskedLMHead(text.hidden_size, text.vocab_size)
 
     def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
         return text.tokenize(reports)

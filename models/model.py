@@ -20,8 +20,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.caption_decoder import CaptionDecoder
 from models.config import ModelConfig
 from models.ecg_tower import ECGTower
+from models.masked_language_modeling import MaskedLMHead
 from models.objectives import build_objective
 from models.text_tower import TextTower
 
@@ -39,7 +41,7 @@ class ECGTextModel(nn.Module):
         self.text = text if text is not None else TextTower(config.text)
         self.ecg_projection = nn.Linear(config.ecg.width, config.objective.embed_dim)
         self.text_projection = nn.Linear(self.text.hidden_size, config.objective.embed_dim)
-        self.objective = build_objective(config, self.text.hidden_size)
+        self.objective = build_objective(config, self.text)
 
     def encode_ecg(self, signal: torch.Tensor, lead_mask: torch.Tensor | None = None) -> torch.Tensor:
         """signal [B, 12, T], lead_mask [B, 12] bool (None: all leads) → L2-normalised [B, D]."""
@@ -63,6 +65,17 @@ class ECGTextModel(nn.Module):
         }
         batch.update(self.objective.text_inputs(list(reports), self.text))
         return batch
+
+    def parameters_used_outside_their_module(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(module, parameter) pairs where `module`'s forward reads a parameter that another module owns:
+        the text tower's word embeddings, tied into the caption decoder's and the MLM head's output
+        layers, and the ECG tower's own parameters, read by objective code that calls the tower's
+        `embed` / `encode` steps directly. ZeRO-3 gathers a parameter only while its owner runs, so
+        a trainer registers these (`deepspeed.zero.register_external_parameter`)."""
+        word_embeddings = self.text.word_embeddings.weight
+        pairs = [(m, word_embeddings) for m in self.objective.modules() if isinstance(m, CaptionDecoder | MaskedLMHead)]
+        pairs += [(self.objective, parameter) for parameter in self.ecg.parameters(recurse=False)]
+        return pairs
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The objective's named loss terms for a collated batch; `loss` is the weighted total."""

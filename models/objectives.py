@@ -66,7 +66,9 @@ class MelpObjective(nn.Module):
         self.config = config
         self.logit_scale = LogitScale(config.init_temperature, config.max_logit_scale, config.learn_temperature)
         self.clip = ClipLoss()
-        self.caption = CaptionDecoder(text_width, model_config.ecg.width, config.caption_layers, model_config.text.max_length)
+        self.caption = CaptionDecoder(
+            text_width, model_config.ecg.width, config.caption_layers, model_config.text.max_length
+        )
         self.beat_projection = nn.Linear(model_config.ecg.width, config.embed_dim)
 
     def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
@@ -95,14 +97,15 @@ class MelpObjective(nn.Module):
         return {"rhythm_loss": rhythm, "token_loss": token, "beat_loss": beat, "loss": total}
 
 
-def build_objective(config: ModelConfig, text_width: int) -> nn.Module:
+def build_objective(config: ModelConfig, text: TextTower) -> nn.Module:
+    """The objective that config.objective.name names, sized to the model's text tower (width, vocabulary)."""
     name = config.objective.name
     if name == "mets":
         return MetsObjective(config.objective)
     if name == "melp":
-        return MelpObjective(config.objective, config, text_width)
+        return MelpObjective(config.objective, config, text.hidden_size)
     if name == "melp-lm":
-        return TextMLMObjective(config.objective, text_width)
+        return TextMLMObjective(config.objective, text)
     if name == "cmelt":
-        return CmeltObjective(config.objective, config, text_width)
+        return CmeltObjective(config.objective, config, text)
     raise ValueError(f"unknown objective {name!r}")

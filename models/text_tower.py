@@ -101,6 +101,11 @@ class TextTower(nn.Module):
     def save_tokenizer(self, directory: Path) -> None:
         self.tokenizer.save_pretrained(directory)
 
+    def save_encoder(self, directory: Path) -> None:
+        """The encoder as a Hugging Face folder (weights + tokenizer) that `name_or_path` can name."""
+        self.transformer.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
     def _freeze(self) -> None:
         """Freeze the embeddings and the first `freeze_layers` encoder layers; -1 freezes everything."""
         k = self.config.freeze_layers

@@ -124,6 +124,20 @@ def test_float16_input_is_cast(tower, signal):
     assert torch.equal(tower(half).pooled, tower(half.float()).pooled)
 
 
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_patch_tokens_are_on_a_par_with_the_positions_whatever_the_signal_scale(tower, signal, scale):
+    """The patch LayerNorm: content tokens of norm sqrt(W) beside positions of norm sqrt(W / 2). Without
+    it, centred min-max [0, 1] signals gave content ~16x smaller than the positions added to it."""
+    content = tower.embed(scale * signal, leads_mask(STANDARD_LEADS)) - tower.position_embedding  # [B, N, W]
+    width = CONFIG.width
+    torch.testing.assert_close(
+        content.norm(dim=-1), torch.full((BATCH, CONFIG.n_patches), width**0.5), rtol=0.02, atol=0
+    )
+    torch.testing.assert_close(
+        tower.position_embedding.norm(dim=-1), torch.full((CONFIG.n_patches,), (width / 2) ** 0.5)
+    )
+
+
 def test_drop_leads():
     torch.manual_seed(0)
     tower = ECGTower(CONFIG)
@@ -153,7 +167,7 @@ def test_merl_vit_tiny_size():
     tower = ECGTower(config)
     n_params = sum(p.numel() for p in tower.parameters())
     assert config.n_patches == 100 and len(tower.blocks) == 12 and config.width == 192
-    assert 5.0e6 < n_params < 6.5e6  # 5,757,696: MERL's ViT-tiny backbone ≈ 5.46M plus the two poolers
+    assert 5.0e6 < n_params < 6.5e6  # 5,758,080: MERL's ViT-tiny backbone ≈ 5.46M plus the two poolers
 
 
 def test_tower_trains_and_gradients_reach_patch_projection(signal):

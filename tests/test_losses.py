@@ -1,4 +1,5 @@
-"""Contrastive losses equal direct reference computations, also split across two gloo ranks."""
+"""Contrastive losses equal direct reference computations, also split across two gloo ranks; the N3S
+report bank fills with every rank's reports."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from models.losses import ClipLoss, LogitScale, SigLipLoss
+from models.n3s import ReportBank
 
 
 def pairs(n: int = 8, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +74,17 @@ def _rank_worker(rank: int, world_size: int, port: int, results) -> None:
     clip = ClipLoss()(local_ecg, local_text, torch.tensor(1 / 0.07))
     clip.backward()
     siglip = SigLipLoss()(local_ecg.detach(), local_text.detach(), torch.tensor(10.0), torch.tensor(-10.0))
-    results[rank] = (clip.item(), local_ecg.grad.clone(), local_text.grad.clone(), siglip.item())
+    bank = ReportBank(capacity=6, dim=text.shape[1], max_length=5, pad_id=0)
+    ids = torch.arange(len(text))[rows].unsqueeze(1).expand(-1, 3) + 1  # report k: ids all k + 1, 3 tokens
+    bank.add(local_text, ids, torch.ones_like(ids))
+    results[rank] = (
+        clip.item(),
+        local_ecg.grad.clone(),
+        local_text.grad.clone(),
+        siglip.item(),
+        bank.embeddings[: bank.size].clone(),
+        bank.input_ids[: bank.size].clone(),
+    )
     dist.destroy_process_group()
 
 
@@ -99,3 +111,7 @@ def test_gather_across_two_gloo_ranks_matches_the_global_batch():
         torch.testing.assert_close(results[r][2] / world_size, text.grad[r * half : (r + 1) * half])
     siglip_full = SigLipLoss()(ecg.detach(), text.detach(), torch.tensor(10.0), torch.tensor(-10.0))
     assert math.isclose(sum(results[r][3] for r in range(world_size)) / world_size, siglip_full.item(), rel_tol=1e-5)
+    # Every rank's report bank holds the last 6 of the global batch's 8 reports, in rank order.
+    for r in range(world_size):
+        torch.testing.assert_close(results[r][4], text.detach()[2:])
+        assert results[r][5][:, 0].tolist() == [3, 4, 5, 6, 7, 8] and (results[r][5][:, 3:] == 0).all()

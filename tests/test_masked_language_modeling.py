@@ -70,20 +70,55 @@ def test_chosen_tokens_follow_80_10_10_and_nothing_else_changes(text_model, toke
     assert masked_ids.max() < text_model.text.vocab_size
 
 
-def test_head_scores_masked_positions_against_the_tied_embeddings(text_model):
+def test_head_scores_masked_positions_against_the_tied_embeddings_plus_a_bias(text_model):
     torch.manual_seed(0)
     embeddings = text_model.text.word_embeddings
-    head = MaskedLMHead(embeddings.embedding_dim)
+    head = MaskedLMHead(embeddings.embedding_dim, embeddings.num_embeddings)
+    assert head.bias.shape == (embeddings.num_embeddings,) and not head.bias.any()  # BERT's: zero at the start
+    with torch.no_grad():
+        head.bias.normal_()
     hidden = torch.randn(3, 7, embeddings.embedding_dim)
     labels = torch.full((3, 7), IGNORED)
     labels[0, 2], labels[2, 5], labels[2, 6] = 11, 2000, 30000
     loss = head(hidden, labels, embeddings)
-    logits = F.layer_norm(F.gelu(head.dense(hidden)), (embeddings.embedding_dim,), head.norm.weight, head.norm.bias)
-    expected = F.cross_entropy((logits @ embeddings.weight.T).flatten(0, 1), labels.flatten(), ignore_index=IGNORED)
+    normed = F.layer_norm(F.gelu(head.dense(hidden)), (embeddings.embedding_dim,), head.norm.weight, head.norm.bias)
+    logits = normed @ embeddings.weight.T + head.bias  # [3, 7, V]
+    expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORED)
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert embeddings.weight.grad is not None and embeddings.weight.grad[[11, 2000, 30000]].abs().sum() > 0
+    assert head.bias.grad[[11, 2000, 30000]].abs().min() > 0
     embeddings.weight.grad = None
+
+
+def test_objectives_size_the_head_to_the_text_towers_vocabulary(shard_batch):
+    for objective in ("melp-lm", "cmelt"):
+        model, _ = create_model("tiny", objective=objective)
+        head = model.objective.head if objective == "melp-lm" else model.objective.mlm_head
+        assert head.bias.shape == (model.text.vocab_size,)
+
+
+def test_a_batch_with_nothing_to_mask_gives_a_zero_loss_with_a_gradient_path(text_model):
+    """Reports that are empty after the special tokens: a zero, not NaN, and backward reaches every
+    parameter (with zeros), as data-parallel training needs."""
+    text_model.train().zero_grad()
+    empty = text_model.text.tokenize(["", ""])  # [CLS] [SEP] only
+    losses = text_model(empty)
+    assert losses["mlm_loss"].item() == 0.0 and losses["loss"].requires_grad
+    losses["loss"].backward()
+    for parameter in text_model.objective.parameters():
+        assert parameter.grad is not None and not parameter.grad.any()
+    assert all(p.grad is not None for p in text_model.text.parameters() if p.requires_grad)
+    text_model.zero_grad()
+
+
+def test_cmelt_trains_on_a_batch_of_empty_reports(shard_batch):
+    """No maskable token and no N3S negative (one text): every term finite, backward runs."""
+    model, _ = create_model("tiny", objective="cmelt")
+    signal, lead_mask, _ = shard_batch
+    losses = model.train()(model.collate(signal, lead_mask, [""] * len(signal)))
+    assert losses["mlm_loss"].item() == 0.0 and all(torch.isfinite(value) for value in losses.values())
+    losses["loss"].backward()
 
 
 def test_melp_lm_is_registered_and_trains_only_the_text_tower(shard_batch):

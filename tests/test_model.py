@@ -61,7 +61,9 @@ def test_save_and_load_give_identical_outputs(shard_batch, tmp_path):
     signal, lead_mask, reports = shard_batch
     signal, lead_mask = torch.as_tensor(signal), torch.as_tensor(lead_mask)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.encode_ecg(signal, lead_mask), model.encode_ecg(signal, lead_mask), rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded.encode_ecg(signal, lead_mask), model.encode_ecg(signal, lead_mask), rtol=0, atol=0
+        )
         torch.testing.assert_close(loaded.encode_reports(reports), model.encode_reports(reports), rtol=0, atol=0)
         batch = model.collate(*shard_batch)
         torch.testing.assert_close(loaded(batch)["loss"], model(batch)["loss"], rtol=0, atol=0)
@@ -99,3 +101,10 @@ def test_lead_subsets_are_scored(leads, shard_batch):
         embedding = model.encode_ecg(signal, lead_mask)
     assert embedding.shape == (8, 32) and torch.isfinite(embedding).all()
     torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(8))
+
+
+@pytest.mark.parametrize("objective", ["melp", "cmelt", "mets"])
+def test_every_parameter_has_a_dimension_for_deepspeed(objective):
+    """DeepSpeed's initial parameter broadcast fails on 0-dim tensors: scalars are stored as shape [1]."""
+    model, _ = create_model("tiny", objective=objective)
+    assert [name for name, parameter in model.named_parameters() if parameter.dim() == 0] == []
