@@ -15,6 +15,9 @@ SHARED_PTBXL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl-
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Ray Train: notice finished workers quickly, no preemption watcher (cuts each fit's teardown to ~1 s).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +71,30 @@ def shard_batch():
         np.stack([p.lead_mask for p in prepared]),  # bool [8, 12]
         [metadata[i]["report"] for i in chosen],
     )
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(ray_cluster, tmp_path_factory) -> Path:
+    """240 synthetic ECGs prepared into shards (train / val / test), shared by the training tests."""
+    from pipelines.data.sources import SourceOptions
+    from pipelines.prepare import prepare
+
+    output = tmp_path_factory.mktemp("synthetic-shards")
+    root = tmp_path_factory.mktemp("synthetic-wfdb")
+    from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
+
+    generate_ptbxl_layout(root, SyntheticConfig(n=240, seed=1))
+    prepare("synthetic", SourceOptions(input=root), str(output))
+    return output
+
+
+@pytest.fixture(scope="session")
+def ptbxl_shards(ray_cluster, ptbxl_dir, tmp_path_factory) -> Path:
+    """The real PTB-XL-500 subset prepared into shards (evaluation-style: every record kept)."""
+    from pipelines.data.records import RecordOptions
+    from pipelines.data.sources import SourceOptions
+    from pipelines.prepare import prepare
+
+    output = tmp_path_factory.mktemp("ptbxl-shards")
+    prepare("ptbxl", SourceOptions(input=ptbxl_dir), str(output), records=RecordOptions(min_report_words=0))
+    return output

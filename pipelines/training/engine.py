@@ -1,0 +1,60 @@
+"""DeepSpeed inside a Ray Train worker: the config dict from a `TrainConfig`, and the engine.
+
+Ray Train has already created the process group (gloo on CPU, NCCL on GPU), so DeepSpeed is
+initialised on top of it; its shared-memory comm op, which compiles C++ on first use, is switched off.
+The optimiser is a torch AdamW passed as the client optimiser, so no DeepSpeed op is compiled either.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipelines.training.config import TrainConfig
+from pipelines.training.optimization import build_optimizer, build_scheduler
+
+
+def resolve_precision(precision: str, use_gpu: bool) -> str:
+    """auto → bf16 on a GPU that has it, fp16 on one that does not, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if use_gpu and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def deepspeed_config(config: TrainConfig, precision: str) -> dict:
+    """The DeepSpeed JSON config: ZeRO stage, precision, micro-batch, accumulation, clipping."""
+    return {
+        "train_batch_size": config.batch_size,
+        "train_micro_batch_size_per_gpu": config.micro_batch,
+        "gradient_accumulation_steps": config.grad_accum,
+        "gradient_clipping": config.grad_clip,
+        "zero_optimization": {"stage": config.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def initialize_engine(model: nn.Module, config: TrainConfig, total_steps: int, precision: str):
+    """(engine, scheduler): DeepSpeed wraps the model, the AdamW and the warm-up + cosine schedule."""
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(config, precision),
+        dist_init_required=False,
+    )
+    if config.zero_stage == 3:
+        for module, parameter in model.parameters_used_outside_their_module():
+            deepspeed.zero.register_external_parameter(module, parameter)
+    return engine, scheduler

@@ -1,0 +1,185 @@
+"""The loop every Ray Train worker runs: DeepSpeed engine, streamed batches, validation, checkpoints.
+
+`train_loop_per_worker(loop_config)` gets a `LoopSpec` as a dict (everything the driver resolved):
+the model and training configs, the planned number of optimizer steps, the zero-shot validation
+classes, and where the run directory is. A worker that was restarted after a failure, or a run
+resubmitted into the same run directory, starts from Ray Train's latest checkpoint; a restored
+epoch restarts its pass over the data, and the run still stops at the planned step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+from models.config import ModelConfig
+from models.model import ECGTextModel
+from pipelines.training.checkpoints import TrainingState, report_with_checkpoint, restore_latest
+from pipelines.training.config import TrainConfig
+from pipelines.training.data import collate_batch
+from pipelines.training.engine import initialize_engine, resolve_precision
+from pipelines.training.export_check import probe_embeddings, save_probe, take_probe
+from pipelines.training.meter import StepMeter
+from pipelines.training.validation import validate
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+VAL_BATCH_SIZE = 64
+FAULT_MARKER = "fault-injected"
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test switch: rank `rank` exits abruptly at optimizer step `step`, once per run directory."""
+
+    step: int
+    rank: int = 1
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    model: dict
+    train: dict
+    total_steps: int
+    val_codes: list[str]
+    run_dir: str
+    fault: dict | None = None
+    tensorboard: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    spec = LoopSpec(**loop_config)
+    train = TrainConfig.from_dict(spec.train)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    precision = resolve_precision(train.precision, train.use_gpu)
+    dtype = DTYPES[precision]
+
+    torch.manual_seed(train.seed)  # identical initial weights on every rank
+    model = ECGTextModel(ModelConfig.from_dict(spec.model)).to(device)
+    engine, scheduler = initialize_engine(model, train, spec.total_steps, precision)
+    state = restore_latest(engine)
+    torch.manual_seed(train.seed + 7919 * rank + 104729 * state.step)  # masking and lead drop differ per rank
+
+    collate = partial(collate_batch, model, dtype=dtype, device=device)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    meter = StepMeter(world_size, state.step)
+    writer = _tensorboard(spec, rank)
+    fault = FaultInjection(**spec.fault) if spec.fault else None
+    last_progress = time.perf_counter()
+    step, epoch = state.step, state.epoch
+    checkpointed_step = step if ray.train.get_checkpoint() is not None else -1
+
+    probe: dict = {}
+
+    def checkpoint(epoch_done: int) -> None:
+        nonlocal checkpointed_step
+        metrics = {"step": step, "epoch": epoch_done, "restored_step": state.step, "lr": scheduler.get_last_lr()[0]}
+        metrics.update(meter.figures())
+        val_batches = _keeping_probe(val_shard.iter_batches(batch_size=VAL_BATCH_SIZE), probe)
+        metrics.update(validate(model, val_batches, spec.val_codes, dtype, device))
+        embeddings = probe_embeddings(model, probe, dtype, device)
+        if rank == 0:
+            _print(f"validation at step {step}: " + _summary(metrics))
+            if writer is not None:
+                for name, value in metrics.items():
+                    writer.add_scalar(name, value, step)
+                writer.flush()
+        add_probe = partial(save_probe, probe=probe, embeddings=embeddings, precision=precision) if rank == 0 else None
+        report_with_checkpoint(engine, metrics, TrainingState(step=step, epoch=epoch_done), add_probe)
+        checkpointed_step = step
+
+    while step < spec.total_steps:
+        batches = train_shard.iter_torch_batches(
+            batch_size=train.micro_batch,
+            collate_fn=collate,
+            drop_last=True,
+            local_shuffle_buffer_size=train.shuffle_buffer or None,
+            local_shuffle_seed=train.seed + 31 * epoch + rank,
+            prefetch_batches=2,
+        )
+        steps_before = step
+        waited_from = time.perf_counter()
+        for batch in batches:
+            computed_from = time.perf_counter()
+            losses = engine(batch)
+            engine.backward(losses["loss"])
+            engine.step()
+            boundary = engine.global_steps != step
+            step = engine.global_steps
+            meter.record_batch(
+                computed_from - waited_from, time.perf_counter() - computed_from, train.micro_batch, losses
+            )
+            if boundary:
+                if fault is not None and rank == fault.rank and step == fault.step:
+                    _inject_fault(spec.run_dir, rank, step)
+                if rank == 0 and time.perf_counter() - last_progress >= train.progress_every_s:
+                    _print(meter.line(step, spec.total_steps))
+                    if writer is not None:
+                        for name, value in meter.figures().items():
+                            writer.add_scalar(name, value, step)
+                        writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
+                    last_progress = time.perf_counter()
+                if train.validate_every and step % train.validate_every == 0 and step < spec.total_steps:
+                    checkpoint(epoch)
+                    meter.reset()
+                if step >= spec.total_steps:
+                    break
+            waited_from = time.perf_counter()
+        else:
+            if step == steps_before:
+                raise RuntimeError(f"rank {rank}: a pass over its train shard gave no optimizer step")
+            epoch += 1
+            if step != checkpointed_step:
+                checkpoint(epoch)
+                meter.reset()
+    if step != checkpointed_step:
+        checkpoint(epoch)
+    if writer is not None:
+        writer.close()
+
+
+def _keeping_probe(batches, probe: dict):
+    """Pass batches through; the first time, keep the first rows of the first batch as the export probe."""
+    for batch in batches:
+        if not probe:
+            probe.update(take_probe(batch))
+        yield batch
+
+
+def _tensorboard(spec: LoopSpec, rank: int):
+    if rank != 0 or not spec.tensorboard:
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(Path(spec.run_dir) / "tensorboard"))
+
+
+def _inject_fault(run_dir: str, rank: int, step: int) -> None:
+    marker = Path(run_dir) / FAULT_MARKER
+    if marker.exists():
+        return
+    marker.write_text(f"rank {rank} exited at step {step}\n")
+    _print(f"fault injection: rank {rank} exits at step {step}")
+    os._exit(1)
+
+
+def _summary(metrics: dict) -> str:
+    shown = {k: v for k, v in metrics.items() if k.startswith("val_") and "/" not in k}
+    return " · ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))
+
+
+def _print(line: str) -> None:
+    print(f"pretrain: {line}", file=sys.stderr, flush=True)

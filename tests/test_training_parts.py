@@ -1,0 +1,70 @@
+"""The pieces of the training loop that need no cluster: config checks, schedule, DeepSpeed config,
+AUROC helpers, validation classes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipelines.evaluation.classes import present_classes
+from pipelines.evaluation.metrics import auroc_per_class, macro_auroc, targets_matrix
+from pipelines.training.config import TrainConfig
+from pipelines.training.engine import deepspeed_config
+from pipelines.training.optimization import warmup_cosine
+
+
+def test_micro_batch_is_global_batch_over_workers_and_accumulation():
+    config = TrainConfig(workers=2, batch_size=64, grad_accum=4)
+    assert config.micro_batch == 8
+    ds = deepspeed_config(config, "bf16")
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        64,
+        8,
+        4,
+    )
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["zero_optimization"]["stage"] == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"zero_stage": 5}, "zero_stage must be 0, 1, 2 or 3"),
+        ({"workers": 3, "batch_size": 32}, "not divisible by workers × grad_accum = 3 × 1"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"lr": 0}, "lr must be positive"),
+        ({"max_steps": -1}, "max_steps must not be negative"),
+    ],
+)
+def test_bad_training_values_are_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+    with pytest.raises(ValueError, match="unknown train config fields: lr_max"):
+        TrainConfig.from_dict({"lr_max": 1})
+
+
+def test_warmup_then_cosine_to_the_floor():
+    assert warmup_cosine(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_auroc_matches_a_hand_count_and_skips_one_sided_classes():
+    labels = [["A"], ["A", "B"], [], ["B"]]
+    codes = ["A", "B", "C"]
+    targets = targets_matrix(labels, codes)
+    scores = np.array([[0.9, 0.1, 0.0], [0.4, 0.8, 0.0], [0.5, 0.3, 0.0], [0.2, 0.7, 0.0]])
+    per_class = auroc_per_class(scores, targets, codes)
+    # A: positives {0.9, 0.4} vs negatives {0.5, 0.2}: pairs won 1+1+0+1 = 3 of 4.
+    # B: positives {0.8, 0.7} vs negatives {0.1, 0.3}: all 4 won. C has no positive: left out.
+    assert per_class == {"A": 0.75, "B": 1.0}
+    assert macro_auroc(per_class) == pytest.approx(0.875)
+
+
+def test_validation_classes_need_a_positive_and_a_negative():
+    labels = [["SR", "NORM"], ["SR"], ["AFIB"], ["SR", "PVC"]]
+    assert present_classes(labels) == ["SR", "AFIB", "PVC", "NORM"]
+    assert present_classes([["SR"], ["SR"]]) == []
