@@ -96,8 +96,9 @@ class ECGTextModel(nn.Module):
         self.text.save_tokenizer(directory / TOKENIZER_DIR)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> ECGTextModel:
-        """Rebuild a saved model; raises ValueError naming the file and what is wrong with it."""
+    def from_pretrained(cls, directory: str | os.PathLike, load_weights: bool = True) -> ECGTextModel:
+        """Rebuild a saved model; raises ValueError naming the file and what is wrong with it.
+        `load_weights=False` gives the same architecture freshly initialised (a random-weights baseline)."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path, directory / TOKENIZER_DIR):
@@ -114,6 +115,8 @@ class ECGTextModel(nn.Module):
             raise ValueError(f"{config_path} has format_version {version}; this code reads {FORMAT_VERSION}")
         text = TextTower.from_saved(config.text, encoder_config, directory / TOKENIZER_DIR)
         model = cls(config, text=text)
+        if not load_weights:
+            return model
         try:
             state = load_file(str(weights_path))
         except (SafetensorError, OSError) as error:

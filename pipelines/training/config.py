@@ -97,6 +97,11 @@ class TrainConfig:
         """Samples per forward on one worker: the DeepSpeed micro-batch and the data iterator's batch size."""
         return self.batch_size // (self.workers * self.grad_accum)
 
+    def steps_per_epoch(self, train_rows: int) -> int:
+        """Optimizer steps in one pass over `train_rows` rows split equally over the workers (last
+        partial batch dropped)."""
+        return train_rows // self.workers // self.micro_batch // self.grad_accum
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -7,6 +7,8 @@ The optimiser is a torch AdamW passed as the client optimiser, so no DeepSpeed o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -39,8 +41,16 @@ def deepspeed_config(config: TrainConfig, precision: str) -> dict:
     }
 
 
-def initialize_engine(model: nn.Module, config: TrainConfig, total_steps: int, precision: str):
-    """(engine, scheduler): DeepSpeed wraps the model, the AdamW and the warm-up + cosine schedule."""
+def initialize_engine(
+    model: nn.Module,
+    config: TrainConfig,
+    total_steps: int,
+    precision: str,
+    external_parameters: Iterable[tuple[nn.Module, nn.Parameter]] = (),
+):
+    """(engine, scheduler): DeepSpeed wraps the model, the AdamW and the warm-up + cosine schedule.
+    `external_parameters`: (module, parameter) pairs where a module reads a parameter it does not own
+    (`ECGTextModel.parameters_used_outside_their_module`), registered with ZeRO-3 so it gathers them."""
     import deepspeed
     import deepspeed.ops
 
@@ -55,6 +65,6 @@ def initialize_engine(model: nn.Module, config: TrainConfig, total_steps: int, p
         dist_init_required=False,
     )
     if config.zero_stage == 3:
-        for module, parameter in model.parameters_used_outside_their_module():
+        for module, parameter in external_parameters:
             deepspeed.zero.register_external_parameter(module, parameter)
     return engine, scheduler

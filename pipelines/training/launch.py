@@ -58,7 +58,7 @@ def pretrain(
     _claim_run_dir(run_dir, model_config, train_config, overwrite)
     if not ray.is_initialized():
         ray.init()
-    train_config = _with_cpus_per_worker(train_config)
+    train_config = with_cpus_per_worker(train_config)
 
     objective = model_config.objective.name
     train = split_dataset(data, "train", train_columns(objective)).randomize_block_order(seed=train_config.seed)
@@ -66,7 +66,7 @@ def pretrain(
     val_labels = list(_labels_of(split_dataset(data, "val", ["labels"]).limit(val_rows)))
     n_train = train.count()
     rows_per_step = train_config.batch_size
-    steps_per_epoch = (n_train // train_config.workers // train_config.micro_batch) // train_config.grad_accum
+    steps_per_epoch = train_config.steps_per_epoch(n_train)
     if steps_per_epoch < 1:
         raise ValueError(
             f"{data}: the train split has {n_train} rows; one optimizer step needs {rows_per_step} "
@@ -114,14 +114,14 @@ def pretrain(
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
     result = trainer.fit()
-    best_checkpoint, best_metrics = _best(result.best_checkpoints, *score)
-    exported, export_max_diff = export_checkpoint(best_checkpoint, model_config, run_dir / EXPORT_DIR)
+    best, best_metrics = best_checkpoint(result.best_checkpoints, *score)
+    exported, export_max_diff = export_checkpoint(best, model_config, run_dir / EXPORT_DIR)
     if objective in TEXT_ONLY_OBJECTIVES:
         exported.text.save_encoder(run_dir / EXPORT_DIR / TEXT_ENCODER_DIR)
     metrics = {
         "final": {k: v for k, v in result.metrics.items() if _is_number(v)},
         "best": {k: v for k, v in best_metrics.items() if _is_number(v)},
-        "best_checkpoint": Path(best_checkpoint.path).name,
+        "best_checkpoint": Path(best.path).name,
         "selected_by": score[0],
         "export_max_abs_diff": export_max_diff,
         "total_steps": total_steps,
@@ -164,7 +164,7 @@ def _resumable(resolved: dict) -> dict:
     return {"model": resolved["model"], "train": json.loads(json.dumps(train))}
 
 
-def _with_cpus_per_worker(config: TrainConfig) -> TrainConfig:
+def with_cpus_per_worker(config: TrainConfig) -> TrainConfig:
     """cpus_per_worker 0 (auto): one CPU each where the cluster has room, less on a small machine, so
     that one CPU stays free for Ray Data's read tasks (with none free, the workers wait for data forever)."""
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -172,7 +172,7 @@ def _with_cpus_per_worker(config: TrainConfig) -> TrainConfig:
         config = config.with_overrides({"cpus_per_worker": min(1.0, max(0.1, (cpus - 1) / config.workers))})
     if cpus - config.workers * config.cpus_per_worker < 1:
         print(
-            f"pretrain: warning: {config.workers} workers × {config.cpus_per_worker:g} CPUs leave less than one of "
+            f"warning: {config.workers} Ray Train workers × {config.cpus_per_worker:g} CPUs leave less than one of "
             f"the cluster's {cpus:g} CPUs for Ray Data; unless the cluster grows, reading will stall",
             file=sys.stderr,
         )
@@ -184,7 +184,9 @@ def _labels_of(val: ray.data.Dataset) -> Iterable[list[str]]:
         yield from label_lists(batch["labels"])
 
 
-def _best(best_checkpoints: list, attribute: str, order: str):
+def best_checkpoint(best_checkpoints: list, attribute: str, order: str) -> tuple[ray.train.Checkpoint, dict]:
+    """(checkpoint, metrics) of `Result.best_checkpoints` with the best `attribute` (NaN ranks last;
+    ties go to the later step)."""
     if not best_checkpoints:
         raise RuntimeError("the run reported no checkpoint")
     scored = [(c, m) for c, m in best_checkpoints if _is_number(m.get(attribute)) and not math.isnan(m[attribute])]

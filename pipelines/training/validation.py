@@ -39,11 +39,11 @@ def validate(model, batches, codes: Sequence[str], dtype: torch.dtype, device: t
         if codes:
             embeddings.append(model.encode_ecg(inputs["signal"], inputs["lead_mask"]).float().cpu().numpy())
             labels.extend(label_lists(batch["labels"]))
-    metrics = _mean_over_ranks(sums, n_batches)
+    metrics = mean_over_ranks(sums, n_batches)
     if codes:
         dim = model.config.objective.embed_dim
         local = np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32)
-        all_embeddings, all_labels = _gather((local, labels))
+        all_embeddings, all_labels = gather_rows((local, labels))
         per_class = zero_shot_auroc(model, all_embeddings, all_labels, codes)
         metrics["val_macro_auroc"] = macro_auroc(per_class)
         metrics.update({f"val_auroc/{code}": value for code, value in per_class.items()})
@@ -51,7 +51,8 @@ def validate(model, batches, codes: Sequence[str], dtype: torch.dtype, device: t
     return metrics
 
 
-def _mean_over_ranks(sums: dict[str, float], n_batches: int) -> dict[str, float]:
+def mean_over_ranks(sums: dict[str, float], n_batches: int) -> dict[str, float]:
+    """{name: sum over this rank's batches} → {val_<name>: mean over every rank's batches}."""
     names = sorted(sums)
     totals = torch.tensor([sums[name] for name in names] + [n_batches], dtype=torch.float64)
     if dist.is_initialized():
@@ -60,7 +61,8 @@ def _mean_over_ranks(sums: dict[str, float], n_batches: int) -> dict[str, float]
     return {f"val_{name}": float(total) / count for name, total in zip(names, totals[:-1])}
 
 
-def _gather(local: tuple[np.ndarray, list]) -> tuple[np.ndarray, list]:
+def gather_rows(local: tuple[np.ndarray, list]) -> tuple[np.ndarray, list]:
+    """(this rank's rows [n, K], their labels) → every rank's, concatenated in rank order, on every rank."""
     if not dist.is_initialized():
         return local
     parts: list = [None] * dist.get_world_size()

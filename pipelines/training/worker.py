@@ -68,7 +68,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     model = ECGTextModel(ModelConfig.from_dict(spec.model)).to(device)
-    engine, scheduler = initialize_engine(model, train, spec.total_steps, precision)
+    engine, scheduler = initialize_engine(
+        model, train, spec.total_steps, precision, model.parameters_used_outside_their_module()
+    )
     state = restore_latest(engine)
     torch.manual_seed(train.seed + 7919 * rank + 104729 * state.step)  # masking and lead drop differ per rank
 
