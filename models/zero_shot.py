@@ -49,7 +49,14 @@ def build_zero_shot_classifier(
     L2-normalised, averaged over the class's prompts, and normalised again. Runs under torch.no_grad;
     put the model that `encode_text` uses in eval mode first."""
     classes = [c if isinstance(c, ZeroShotClass) else ZeroShotClass(c) for c in classes]
-    prompts_per_class = [class_prompts(c, templates) for c in classes]
+    return classifier_from_prompts(encode_text, [class_prompts(c, templates) for c in classes], batch_size)
+
+
+def classifier_from_prompts(
+    encode_text: Callable[[list[str]], Tensor], prompts_per_class: Sequence[Sequence[str]], batch_size: int = 64
+) -> Tensor:
+    """Class weights [D, C] from each class's own prompt list (what `build_zero_shot_classifier` does
+    after filling the templates)."""
     prompts = [prompt for class_prompt_list in prompts_per_class for prompt in class_prompt_list]
     with torch.no_grad():
         prompt_embeddings = torch.cat(

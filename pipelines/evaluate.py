@@ -1,10 +1,15 @@
-"""Evaluate: zero-shot AUROC of an exported model on a split of prepared shards.
+"""Evaluate: what a pretrained export is worth on a labelled task, with baselines and a report.
 
     python -m pipelines.evaluate --model runs/tiny/export --data data/synthetic --output runs/tiny/eval
+    python -m pipelines.evaluate --model runs/ptbxl/export --data data/ptbxl --task ptbxl-super \\
+        --mode zero-shot linear-probe finetune --output runs/ptbxl/eval-super --workers 2 train.epochs=20
 
-The test split's ECGs are embedded with `encode_ecg`, each class of the task becomes prompts
-(`pipelines.evaluation.classes`), and per-class and macro AUROC are printed and written to
-`OUTPUT/metrics.json` (`macro_auroc`, `per_class_auroc`, `absent_classes`).
+Tasks: ptbxl-super, ptbxl-sub, ptbxl-form, ptbxl-rhythm, cinc, synthetic, or a class table (JSON or
+CSV) by path; `--prompts FILE` replaces the prompts of any classes it names. Modes: zero-shot (the
+default), linear-probe (logistic regression on frozen embeddings, 1 / 10 / 100 % of the train split),
+finetune (the ECG tower + a linear head on Ray Train and DeepSpeed; `train.field=value` overrides its
+TrainConfig). Writes OUTPUT/metrics.json (`macro_auroc` and `per_class_auroc` of the headline mode,
+every mode and baseline beside them), OUTPUT/report.md and its PNG plots.
 """
 
 from __future__ import annotations
@@ -15,83 +20,90 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import pyarrow.dataset
-import torch
-
-from models.model import ECGTextModel
-from pipelines.data.schema import lead_masks_of, signals_of
-from pipelines.evaluation.classes import LABEL_TABLE, present_classes
-from pipelines.evaluation.metrics import macro_auroc
-from pipelines.evaluation.zero_shot import zero_shot_auroc
-
-BATCH_SIZE = 64
+from models.config import parse_override
+from pipelines.evaluation.finetune import FINETUNE_DEFAULTS
+from pipelines.evaluation.report import write_report
+from pipelines.evaluation.suite import MODES, evaluate_export
+from pipelines.evaluation.tasks import TASK_NAMES, load_task
 
 
-@torch.no_grad()
-def embed_split(model: ECGTextModel, data: str, split: str) -> tuple[np.ndarray, list[list[str]]]:
-    """ECG embeddings [n, D] and label lists of one split, read in batches straight from the shards."""
-    dataset = pyarrow.dataset.dataset(data, format="parquet", exclude_invalid_files=True)
-    scanner = dataset.scanner(
-        columns=["signal", "lead_mask", "labels"],
-        filter=pyarrow.dataset.field("split") == split,
-        batch_size=BATCH_SIZE,
-    )
-    embeddings, labels = [], []
-    for batch in scanner.to_batches():
-        if batch.num_rows == 0:
-            continue
-        table = pyarrow.Table.from_batches([batch])
-        signal = torch.from_numpy(signals_of(table).astype(np.float32))
-        lead_mask = torch.from_numpy(lead_masks_of(table))
-        embeddings.append(model.encode_ecg(signal, lead_mask).numpy())
-        labels.extend(table["labels"].to_pylist())
-    if not embeddings:
-        raise ValueError(f"{data} has no rows in the {split!r} split")
-    return np.concatenate(embeddings), labels
-
-
-def evaluate_zero_shot(model_dir: str, data: str, split: str = "test") -> dict:
-    model = ECGTextModel.from_pretrained(model_dir).eval()
-    embeddings, labels = embed_split(model, data, split)
-    codes = present_classes(labels)
-    per_class = zero_shot_auroc(model, embeddings, labels, codes)
-    return {
-        "task": "synthetic",
-        "mode": "zero-shot",
-        "split": split,
-        "rows": len(labels),
-        "macro_auroc": macro_auroc(per_class),
-        "per_class_auroc": per_class,
-        "absent_classes": {code: _why_absent(code, labels) for code in LABEL_TABLE if code not in per_class},
-    }
-
-
-def _why_absent(code: str, labels: list[list[str]]) -> str:
-    positives = sum(code in row for row in labels)
-    return "no positive in the split" if positives == 0 else "no negative in the split"
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="an export folder (RUN_DIR/export)")
+    parser.add_argument("--data", required=True, help="folder of prepared shards with a labels column")
+    parser.add_argument("--task", default="synthetic", help=f"{', '.join(TASK_NAMES)}, or a class table file")
+    parser.add_argument("--mode", nargs="+", default=["zero-shot"], choices=MODES, help="what to measure")
+    parser.add_argument("--output", required=True, help="folder for metrics.json, report.md and plots")
+    parser.add_argument("--split", default="test", help="the split scored (default test)")
+    parser.add_argument("--prompts", help="JSON {code: [prompt, ...]} replacing those classes' prompts")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the random-weights and report-text runs")
+    parser.add_argument("--workers", type=int, help="Ray Train workers for finetune")
+    parser.add_argument("--address", help="Ray cluster address for finetune (default: local)")
+    parser.add_argument("overrides", nargs="*", metavar="train.field=value", help="fine-tuning config overrides")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="an export folder (RUN_DIR/export)")
-    parser.add_argument("--data", required=True, help="folder of prepared shards")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--output", required=True, help="folder for metrics.json")
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = evaluate_zero_shot(args.model, args.data, args.split)
+        task = load_task(args.task)
+        if args.prompts:
+            task = task.with_prompts(args.prompts)
+        finetune_config = _finetune_config(args)
     except ValueError as error:
         parser.error(str(error))
+    if "finetune" in args.mode:
+        import ray
+
+        ray.init(address=args.address)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.json").write_text(json.dumps(result, indent=2))
-    names = {code: cls.name for code, cls in LABEL_TABLE.items()}
-    print(f"zero-shot AUROC on the {args.split} split ({result['rows']:,} ECGs):")
-    for code, value in result["per_class_auroc"].items():
-        print(f"  {code:<6} {names[code]:<55} {value:.3f}")
-    print(f"  macro AUROC {result['macro_auroc']:.3f}")
+    results, curves = evaluate_export(
+        args.model,
+        args.data,
+        task,
+        args.mode,
+        output,
+        split=args.split,
+        baselines=not args.no_baselines,
+        finetune_config=finetune_config,
+    )
+    (output / "metrics.json").write_text(json.dumps(results, indent=2))
+    write_report(results, curves, output)
+    _print_headline(results)
+    print(f"report: {output / 'report.md'}")
     return 0
+
+
+def _finetune_config(args: argparse.Namespace):
+    overrides = {}
+    for override in args.overrides:
+        if not override.startswith("train."):
+            raise ValueError(f"override {override!r}: only train.field=value overrides apply to evaluation")
+        overrides.update([parse_override(override.removeprefix("train."))])
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    return FINETUNE_DEFAULTS.with_overrides(overrides)
+
+
+def _print_headline(results: dict) -> None:
+    names = results["class_names"]
+    print(f"{results['task']} on the {results['split']} split ({results['rows']:,} ECGs), {results['headline']}:")
+    for code, value in results["per_class_auroc"].items():
+        print(f"  {code:<10} {names[code]:<55} {value:.3f}")
+    print(f"  macro AUROC {results['macro_auroc']:.3f}")
+    for mode in ("zero_shot", "finetune"):
+        if mode in results and mode != results["headline"]:
+            print(f"  {mode.replace('_', '-')} macro AUROC {results[mode]['macro_auroc']:.3f}")
+    for fraction, probe in results.get("linear_probe", {}).items():
+        print(f"  linear probe {fraction}: {probe['macro_auroc_mean']:.3f} ± {probe['macro_auroc_std']:.3f}")
+    for name, baseline in results["baselines"].items():
+        for mode, figures in baseline.items():
+            value = figures["macro_auroc"] if "macro_auroc" in figures else figures["100%"]["macro_auroc_mean"]
+            print(f"  baseline {name} {mode.replace('_', '-')}: {value:.3f}")
+    for code, reason in results["absent_classes"].items():
+        print(f"  absent: {code} ({reason})")
 
 
 if __name__ == "__main__":

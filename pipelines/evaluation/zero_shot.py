@@ -1,5 +1,5 @@
-"""Zero-shot AUROC of ECG embeddings against class prompts: shared by validation during pretraining and
-by `pipelines.evaluate`."""
+"""Zero-shot scoring of ECG embeddings against a task's class prompts: shared by validation during
+pretraining, `pipelines.evaluate`, the Serve app and batch scoring."""
 
 from __future__ import annotations
 
@@ -8,19 +8,34 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from models.zero_shot import build_zero_shot_classifier, zero_shot_scores
-from pipelines.evaluation.classes import LABEL_TABLE, REPORT_TEMPLATES
-from pipelines.evaluation.metrics import auroc_per_class, targets_matrix
+from models.zero_shot import classifier_from_prompts, zero_shot_scores
+from pipelines.evaluation.metrics import auroc_per_class
+from pipelines.evaluation.tasks import Task, load_task
+
+
+def task_classifier(model, task: Task, codes: Sequence[str]) -> torch.Tensor:
+    """Class weights [D, C] for `codes` of `task`, from `model.encode_reports` (run by every rank
+    together under ZeRO-3: it runs the text tower)."""
+    return classifier_from_prompts(model.encode_reports, [task.prompts_of(code) for code in codes])
+
+
+def task_scores(model, task: Task, codes: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+    """Cosine scores [n, C] of ECG embeddings [n, D] (from `model.encode_ecg`) against the classes `codes`."""
+    classifier = task_classifier(model, task, codes)
+    return zero_shot_scores(torch.from_numpy(embeddings).float(), classifier.float().cpu()).numpy()
 
 
 def zero_shot_auroc(
-    model, embeddings: np.ndarray, labels: Sequence[Sequence[str]], codes: Sequence[str]
+    model, embeddings: np.ndarray, labels: Sequence[Sequence[str]], codes: Sequence[str], task: Task | None = None
 ) -> dict[str, float]:
-    """AUROC per code of `embeddings` [n, D] (from `model.encode_ecg`) scored against the prompts of
-    `codes` (in the reports' own phrasing, `REPORT_TEMPLATES`), with `labels` the codes of each row; codes without a positive and a negative are left out.
-    Every rank of a ZeRO-3 run must call this together (it runs the text tower)."""
-    classifier = build_zero_shot_classifier(
-        model.encode_reports, [LABEL_TABLE[code] for code in codes], REPORT_TEMPLATES
+    """AUROC per class code of `embeddings` [n, D] scored against the prompts of `codes` (classes of
+    `task`, by default the synthetic label table), `labels` each row's raw codes; codes without a
+    positive and a negative are left out."""
+    task = task or load_task("synthetic")
+    return auroc_per_class(
+        task_scores(model, task, codes, embeddings), task.targets(labels)[:, _columns(task, codes)], codes
     )
-    scores = zero_shot_scores(torch.from_numpy(embeddings).float(), classifier.float().cpu()).numpy()
-    return auroc_per_class(scores, targets_matrix(labels, codes), codes)
+
+
+def _columns(task: Task, codes: Sequence[str]) -> list[int]:
+    return [task.codes.index(code) for code in codes]

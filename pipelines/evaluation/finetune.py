@@ -1,0 +1,93 @@
+"""Fine-tuning (transfer learning): the pretrained ECG tower + a linear head, trained with Ray Train and
+DeepSpeed on the task's train split, the best epoch by val macro AUROC scored on the test split.
+
+    result = finetune("runs/tiny/export", "data/ptbxl", load_task("ptbxl-super"), "runs/tiny/eval", FINETUNE_DEFAULTS)
+
+Each call starts afresh in `OUTPUT/finetune/` (Ray Train's storage: a checkpoint per epoch); within
+a call, a worker that fails is restarted from the last epoch's checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from models.classifier import ECGClassifier
+from pipelines.evaluation.finetune_loop import FinetuneSpec, finetune_loop_per_worker
+from pipelines.evaluation.metrics import auroc_per_class, macro_auroc
+from pipelines.evaluation.predict import predict_split
+from pipelines.evaluation.tasks import Task
+from pipelines.training.checkpoints import consolidated_state_dict
+from pipelines.training.config import TrainConfig
+from pipelines.training.data import split_dataset
+from pipelines.training.launch import best_checkpoint, with_cpus_per_worker
+
+FINETUNE_DEFAULTS = TrainConfig(batch_size=32, lr=3e-4, warmup_steps=10, epochs=10, checkpoints_to_keep=1)
+"""Shorter warm-up and a lower learning rate than pretraining: the tower starts from trained weights."""
+STORAGE_NAME = "finetune"
+COLUMNS = ("signal", "lead_mask", "labels")
+
+
+def finetune(export_dir: str, data: str, task: Task, output: str | Path, config: TrainConfig) -> dict:
+    """Train, pick the best epoch, score the test split: macro_auroc, per_class_auroc, and the `scores`
+    [n, C] and `labels` of the test rows (for the report's ROC curves)."""
+    output = Path(output).resolve()
+    shutil.rmtree(output / STORAGE_NAME, ignore_errors=True)
+    if not ray.is_initialized():
+        ray.init()
+    config = with_cpus_per_worker(config)
+    train, val = split_dataset(data, "train", COLUMNS), split_dataset(data, "val", COLUMNS)
+    n_train = train.count()
+    steps_per_epoch = config.steps_per_epoch(n_train)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{data}: the train split has {n_train} rows; one step needs {config.batch_size}")
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    print(
+        f"finetune: {task.name}, {len(task.codes)} classes, {n_train:,} train rows, {total_steps} steps "
+        f"on {config.workers} workers (ZeRO-{config.zero_stage})",
+        file=sys.stderr,
+    )
+    spec = FinetuneSpec(
+        export_dir=str(Path(export_dir).resolve()), task=task, train=config.to_dict(), total_steps=total_steps
+    )
+    trainer = TorchTrainer(
+        finetune_loop_per_worker,
+        train_loop_config=spec.to_dict(),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=STORAGE_NAME,
+            storage_path=str(output),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.checkpoints_to_keep,
+                checkpoint_score_attribute="val_macro_auroc",
+                checkpoint_score_order="max",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+        ),
+        datasets={"train": train, "val": val},
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )
+    result = trainer.fit()
+    checkpoint, best_metrics = best_checkpoint(result.best_checkpoints, "val_macro_auroc", "max")
+    classifier = ECGClassifier.from_pretrained_tower(export_dir, task.codes)
+    with checkpoint.as_directory() as directory:
+        classifier.load_state_dict(consolidated_state_dict(directory))
+    scores, labels = predict_split(classifier.eval().predict, data, "test")
+    per_class = auroc_per_class(scores, task.targets(labels), task.codes)
+    return {
+        "macro_auroc": macro_auroc(per_class),
+        "per_class_auroc": per_class,
+        "epochs": int(best_metrics["epoch"]),
+        "best_val_macro_auroc": float(best_metrics["val_macro_auroc"]),
+        "train_rows": n_train,
+        "steps": total_steps,
+        "scores": scores,
+        "labels": labels,
+    }

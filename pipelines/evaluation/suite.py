@@ -1,0 +1,156 @@
+"""What `pipelines.evaluate` runs: zero-shot, linear probe and fine-tuning of one export on one task,
+with the baselines that give the numbers meaning.
+
+    results, curves = evaluate_export("runs/tiny/export", "data/ptbxl", load_task("ptbxl-super"),
+                                      ["zero-shot", "linear-probe"], "runs/tiny/eval")
+
+Baselines: `random-weights` is the same architecture freshly initialised (zero-shot and linear probe),
+so a figure can be read against what the architecture gives untrained; `report-text` scores each
+test row's own report with the export's text tower against the class prompts (text to text: how
+much the reports carry, an upper reference where reports are built from the labels), run where
+the split has reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset
+import torch
+
+from models.model import ECGTextModel
+from pipelines.evaluation.finetune import FINETUNE_DEFAULTS, finetune
+from pipelines.evaluation.linear_probe import linear_probe
+from pipelines.evaluation.metrics import auroc_per_class, macro_auroc
+from pipelines.evaluation.predict import predict_split
+from pipelines.evaluation.tasks import Task
+from pipelines.evaluation.zero_shot import task_scores
+from pipelines.training.config import TrainConfig
+
+MODES = ("zero-shot", "linear-probe", "finetune")
+
+
+def evaluate_export(
+    model_dir: str,
+    data: str,
+    task: Task,
+    modes: Sequence[str],
+    output: str | Path,
+    *,
+    split: str = "test",
+    baselines: bool = True,
+    finetune_config: TrainConfig = FINETUNE_DEFAULTS,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """(results, curves): `results` is what metrics.json holds; `curves` the test scores [n, C] per
+    method (zero-shot, finetune, …) and `targets` [n, C] for the ROC plot, over `results["codes"]`."""
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    model = ECGTextModel.from_pretrained(model_dir).eval()
+    test_x, test_labels = predict_split(model.encode_ecg, data, split)
+    all_targets = task.targets(test_labels)  # [n, C_task]
+    present = [i for i in range(len(task.codes)) if 0 < all_targets[:, i].sum() < len(all_targets)]
+    codes = [task.codes[i] for i in present]
+    targets = all_targets[:, present]
+    if not codes:
+        raise ValueError(f"no class of task {task.name} has both a positive and a negative in the {split} split")
+    results: dict = {
+        "task": task.name,
+        "split": split,
+        "rows": len(test_labels),
+        "modes": list(modes),
+        "codes": codes,
+        "class_names": {code: task.classes[code].name for code in codes},
+        "absent_classes": _absent(task, all_targets),
+        "published": task.published,
+        "baselines": {},
+    }
+    curves: dict[str, np.ndarray] = {"targets": targets}
+    random_model = _random_like(model_dir) if baselines else None
+
+    if "zero-shot" in modes:
+        scores = task_scores(model, task, codes, test_x)
+        results["zero_shot"] = _aurocs(scores, targets, codes)
+        curves["zero-shot"] = scores
+        if random_model is not None:
+            random_x, _ = predict_split(random_model.encode_ecg, data, split)
+            zero_shot = _aurocs(task_scores(random_model, task, codes, random_x), targets, codes)
+            results["baselines"].setdefault("random-weights", {})["zero_shot"] = zero_shot
+        reports = _reports(data, split) if baselines else []
+        if any(reports):
+            report_x = _encode_reports(model, reports)
+            zero_shot = _aurocs(task_scores(model, task, codes, report_x), targets, codes)
+            results["baselines"]["report-text"] = {"zero_shot": zero_shot}
+
+    if "linear-probe" in modes:
+        train_x, train_labels = predict_split(model.encode_ecg, data, "train")
+        train_y = task.targets(train_labels)[:, present]
+        results["linear_probe"] = linear_probe(train_x, train_y, test_x, targets, codes)
+        if random_model is not None:
+            random_train_x, _ = predict_split(random_model.encode_ecg, data, "train")
+            random_test_x, _ = predict_split(random_model.encode_ecg, data, split)
+            probe = linear_probe(random_train_x, train_y, random_test_x, targets, codes)
+            results["baselines"].setdefault("random-weights", {})["linear_probe"] = probe
+
+    if "finetune" in modes:
+        tuned = finetune(model_dir, data, task, output, finetune_config)
+        tuned_scores = tuned.pop("scores")[:, present]
+        tuned.pop("labels")
+        results["finetune"] = {**tuned, **_aurocs(tuned_scores, targets, codes)}
+        curves["finetune"] = tuned_scores
+
+    results.update(_headline(results))
+    return results, curves
+
+
+def _aurocs(scores: np.ndarray, targets: np.ndarray, codes: Sequence[str]) -> dict:
+    per_class = auroc_per_class(scores, targets, codes)
+    return {"macro_auroc": macro_auroc(per_class), "per_class_auroc": per_class}
+
+
+def _headline(results: dict) -> dict:
+    """Top-level `macro_auroc` / `per_class_auroc`: zero-shot's where it ran, else fine-tuning's, else
+    the linear probe's on all training rows."""
+    for key in ("zero_shot", "finetune"):
+        if key in results:
+            return {"headline": key, **{k: results[key][k] for k in ("macro_auroc", "per_class_auroc")}}
+    full = results["linear_probe"]["100%"]
+    return {
+        "headline": "linear_probe 100%",
+        "macro_auroc": full["macro_auroc_mean"],
+        "per_class_auroc": full["per_class_auroc"],
+    }
+
+
+def _absent(task: Task, targets: np.ndarray) -> dict[str, str]:
+    """Task classes without an AUROC on this split, and why."""
+    absent = {}
+    for i, code in enumerate(task.codes):
+        positives = int(targets[:, i].sum())
+        if positives == 0:
+            absent[code] = "no positive in the split"
+        elif positives == len(targets):
+            absent[code] = "no negative in the split"
+    return absent
+
+
+def _random_like(model_dir: str) -> ECGTextModel:
+    torch.manual_seed(0)
+    return ECGTextModel.from_pretrained(model_dir, load_weights=False).eval()
+
+
+@torch.no_grad()
+def _encode_reports(model: ECGTextModel, reports: list[str], batch_size: int = 256) -> np.ndarray:
+    """Report embeddings [n, D] in the shared space, in batches."""
+    return np.concatenate(
+        [model.encode_reports(reports[i : i + batch_size]).numpy() for i in range(0, len(reports), batch_size)]
+    )
+
+
+def _reports(data: str, split: str) -> list[str]:
+    """The report column of a split, in the order `predict_split` reads rows."""
+    dataset = pyarrow.dataset.dataset(data, format="parquet", exclude_invalid_files=True)
+    table = dataset.to_table(columns=["report"], filter=pyarrow.dataset.field("split") == split)
+    return [report or "" for report in table["report"].to_pylist()]
