@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "finetune" in args.mode:
         import ray
 
-        ray.init(address=args.address)
+        if not ray.is_initialized():
+            ray.init(address=args.address)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     results, curves = evaluate_export(
