@@ -24,7 +24,9 @@ from pipelines.training.launch import pretrain
 
 def build_parser(description: str = __doc__, objectives: Sequence[str] = OBJECTIVES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder of prepared shards (pipelines.prepare output)")
+    parser.add_argument(
+        "--data", required=True, nargs="+", help="folder(s) of prepared shards (pipelines.prepare output), read as one"
+    )
     parser.add_argument("--output", required=True, help="run directory: checkpoints, metrics, export/")
     parser.add_argument(
         "--config", default="tiny", help=f"named model config ({', '.join(available_configs())}) or a JSON file"

@@ -129,3 +129,13 @@ def test_prompt_file_replaces_only_the_classes_it_names(tmp_path):
     prompts.write_text(json.dumps({"XYZ": ["x"]}))
     with pytest.raises(ValueError, match="'XYZ' is not a class of task ptbxl-rhythm"):
         load_task("ptbxl-rhythm").with_prompts(prompts)
+
+
+def test_superclass_prompts_include_the_statements_they_group():
+    """A model pretrained on statement-level reports has seen 'complete right bundle branch block', not
+    'conduction disturbance': a superclass is prompted with its own name and description and with the
+    phrases of every statement it groups."""
+    prompts = load_task("ptbxl-super").prompts_of("CD")
+    assert prompts[:2] == ["conduction disturbance.", load_task("ptbxl-super").classes["CD"].description + "."]
+    assert "complete right bundle branch block." in prompts and "first degree av block." in prompts
+    assert "inferior myocardial infarction." not in prompts

@@ -123,6 +123,12 @@ def _builtin(name: str) -> Task:
         )
         classes = {code: ZeroShotClass(**entry) for code, entry in table[level].items()}
         label_map = {code: (s[key],) for code, s in statements.items() if s[key]}
+        members = {code: [s["description"].lower() for s in statements.values() if s[key] == code] for code in classes}
+        prompts = {
+            code: (*class_prompts(classes[code], REPORT_TEMPLATES), *(t.format(m) for m in members[code] for t in REPORT_TEMPLATES))
+            for code in classes
+        }
+        return Task(name, classes, label_map, published=PUBLISHED[name], prompts=prompts)
     else:
         flag = name.removeprefix("ptbxl-")
         classes = {

@@ -30,8 +30,8 @@ def val_columns(objective: str) -> tuple[str, ...]:
     return ("report",) if objective in TEXT_ONLY_OBJECTIVES else VAL_COLUMNS
 
 
-def split_dataset(shards: str, split: str, columns: Sequence[str] = TRAIN_COLUMNS) -> ray.data.Dataset:
-    """The rows of one split (train / val / test) of a shard folder, with only `columns`."""
+def split_dataset(shards: str | Sequence[str], split: str, columns: Sequence[str] = TRAIN_COLUMNS) -> ray.data.Dataset:
+    """The rows of one split (train / val / test) of one or more shard folders, with only `columns`."""
     dataset = ray.data.read_parquet(shards, columns=[*columns, "split"], file_extensions=["parquet"])
     return dataset.filter(expr=f"split == '{split}'").select_columns(list(columns))
 

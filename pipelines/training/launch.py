@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import ray
@@ -42,18 +42,20 @@ FAULT_ENV = "ECG_FM_FAULT_AT_STEP"
 
 
 def pretrain(
-    data: str,
+    data: str | Sequence[str],
     run_dir: str | os.PathLike,
     model_config: ModelConfig,
     train_config: TrainConfig,
     *,
     val_rows: int = 2000,
     overwrite: bool = False,
-    timeout_s: float | None = None,
+    callbacks: Sequence = (),
 ) -> dict:
-    """Train on the `train` split of the shards in `data`, validate on (at most `val_rows` of) `val`,
-    export the best checkpoint; returns the metrics written to `metrics.json`."""
+    """Train on the `train` split of the shards in `data` (a folder, or several read as one), validate
+    on (at most `val_rows` of) `val`, export the best checkpoint; returns the metrics written to
+    `metrics.json`. `callbacks` go to the trainer's RunConfig (a Tune trial passes `TuneReportCallback`)."""
     started = time.time()
+    data = [str(data)] if isinstance(data, str | os.PathLike) else [str(folder) for folder in data]
     run_dir = Path(run_dir).resolve()
     _claim_run_dir(run_dir, model_config, train_config, overwrite)
     if not ray.is_initialized():
@@ -69,11 +71,11 @@ def pretrain(
     steps_per_epoch = train_config.steps_per_epoch(n_train)
     if steps_per_epoch < 1:
         raise ValueError(
-            f"{data}: the train split has {n_train} rows; one optimizer step needs {rows_per_step} "
+            f"{', '.join(data)}: the train split has {n_train} rows; one optimizer step needs {rows_per_step} "
             f"(train.batch_size), split over {train_config.workers} workers"
         )
     if len(val_labels) < train_config.workers:
-        raise ValueError(f"{data}: the val split has {len(val_labels)} rows; validation needs one per worker at least")
+        raise ValueError(f"{', '.join(data)}: the val split has {len(val_labels)} rows; validation needs one per worker at least")
     total_steps = train_config.max_steps or train_config.epochs * steps_per_epoch
     val_codes = [] if objective in TEXT_ONLY_OBJECTIVES else present_classes(val_labels)
     score = ("val_macro_auroc", "max") if val_codes else ("val_loss", "min")
@@ -109,6 +111,7 @@ def pretrain(
                 checkpoint_score_order=score[1],
             ),
             failure_config=ray.train.FailureConfig(max_failures=train_config.max_failures),
+            callbacks=list(callbacks),
         ),
         datasets={"train": train, "val": val},
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
