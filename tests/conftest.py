@@ -26,7 +26,9 @@ def ray_cluster():
     import ray
     from ray.data import DataContext
 
-    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, log_to_driver=False)
+    # The dashboard stays on: without it, a Tune trial that ASHA stops mid-fit leaks its workers' placement
+    # group and later trials wait for resources forever.
+    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=True, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

@@ -1,1 +1,1 @@
-"""Ray Tune sweeps over temperature, masking ratios and loss weights (a later issue builds them)."""
+"""Ray Tune sweeps over temperature, masking ratios and loss weights: `python -m tune.sweep`."""

@@ -90,6 +90,7 @@ def pretrain(
         model=model_config.to_dict(),
         train=train_config.to_dict(),
         total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
         val_codes=val_codes,
         run_dir=str(run_dir),
         fault=_fault_from_env(),

@@ -48,6 +48,7 @@ class LoopSpec:
     model: dict
     train: dict
     total_steps: int
+    steps_per_epoch: int
     val_codes: list[str]
     run_dir: str
     fault: dict | None = None
@@ -138,6 +139,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     checkpoint(epoch)
                     meter.reset()
                 if step >= spec.total_steps:
+                    epoch = max(epoch, step // spec.steps_per_epoch)  # the last step may close an epoch
                     break
             waited_from = time.perf_counter()
         else:

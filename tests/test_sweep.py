@@ -1,0 +1,59 @@
+"""A real Ray Tune sweep: four trials, each a Ray Train + DeepSpeed pretraining run, under ASHA; one
+trial crashes on purpose; the best export loads and scores; a restarted sweep reruns nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.image import imread
+
+from models.model import ECGTextModel
+from pipelines.evaluation.predict import predict_split
+from pipelines.evaluation.tasks import load_task
+from pipelines.evaluation.zero_shot import task_scores
+from tune.sweep import BEST_DIR, sweep
+
+SPACE = {
+    "train.lr": {"grid": [1e-3, 2e-3, 3e-3, -1.0]},  # -1: TrainConfig refuses it inside the trial
+    "objective.init_temperature": {"loguniform": [0.03, 0.2]},
+    "objective.beat_weight": {"fixed": 0.2},
+}
+TRAIN = {"batch_size": 8, "warmup_steps": 2, "epochs": 2, "checkpoints_to_keep": 1, "progress_every_s": 0.0}
+
+
+def test_asha_sweep_records_the_crash_picks_a_best_export_and_resumes_without_rerunning(synthetic_shards, tmp_path):
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps(SPACE))
+    output = tmp_path / "sweep"
+    arguments = dict(space_file=str(space_file), num_samples=1, train_overrides=TRAIN, val_rows=48)
+
+    summary = sweep([str(synthetic_shards)], output, **arguments)
+
+    assert summary["concurrent_trials"] == 1  # 2 CPUs: one trial at a time, one CPU left to Ray Data
+    assert summary["trials"]["failed"] == 1
+    assert summary["trials"]["finished"] + summary["trials"]["stopped early"] == 3
+    results = pd.read_csv(output / "results.csv")
+    assert len(results) == 4 and "lr must be positive" in results["error"].fillna("").str.cat()
+    finished = results[results["status"] == "finished"]
+    assert (finished["epochs"] == TRAIN["epochs"]).all(), "a finished trial reports its last epoch to ASHA"
+    assert imread(output / "metric_vs_parameters.png").ndim == 3
+
+    best = summary["best"]
+    model = ECGTextModel.from_pretrained(output / BEST_DIR).eval()
+    embeddings, labels = predict_split(model.encode_ecg, str(synthetic_shards), "test")
+    task = load_task("synthetic")
+    with torch.no_grad():
+        scores = task_scores(model, task, task.codes, embeddings)
+    assert scores.shape == (len(labels), len(task.codes)) and np.isfinite(scores).all()
+    assert json.loads((output / BEST_DIR / "sweep_trial.json").read_text())["trial"] == best["trial"]
+
+    metrics_files = sorted(output.glob("trials/*/metrics.json"))
+    assert len(metrics_files) == len(finished)
+    stamps = [path.stat().st_mtime_ns for path in metrics_files]
+    resumed = sweep([str(synthetic_shards)], output, **arguments)
+    assert resumed["trials"] == summary["trials"]
+    assert [path.stat().st_mtime_ns for path in sorted(output.glob("trials/*/metrics.json"))] == stamps
+    assert resumed["best"]["trial"] == best["trial"]

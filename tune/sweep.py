@@ -1,0 +1,233 @@
+"""Sweep: Ray Tune over the pretraining knobs the papers fixed by hand, each trial a full Ray Train +
+DeepSpeed pretraining run; the best trial's export lands in `SWEEP_DIR/best/`.
+
+    python -m tune.sweep --data data/synthetic --output runs/sweep --num-samples 8 --epochs 3
+    python -m tune.sweep --data data/ptbxl --output runs/sweep-cmelt --objective cmelt --space my_space.yaml
+    ray job submit --address http://HEAD:8265 --runtime-env cluster/runtime_env.yaml -- \\
+        python -m tune.sweep --data /mnt/shards --output /mnt/runs/sweep --workers-per-trial 4 train.use_gpu=true
+
+ASHA stops weak trials after each validation (`--grace-epochs`); a trial that fails is recorded as
+failed and the sweep goes on. Rerunning with the same --output resumes the sweep (`Tuner.restore`):
+finished trials are not rerun, unfinished ones resume from their last checkpoint. Output:
+`best/` (an export: config.json, model.safetensors, tokenizer/), `results.csv`, `results.md`,
+`metric_vs_parameters.png`, `trials/<trial id>/` (each trial's pretraining run directory) and Tune's
+own folder `sweep/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from models.config import OBJECTIVES, available_configs, parse_override
+from models.factory import resolve_config
+from pipelines.training.config import TrainConfig
+from tune.results import METRIC, copy_best, plot_metric_against_parameters, trial_rows, write_tables
+from tune.space import load_space, swept_fields, to_param_space
+from tune.trial import SweepSpec, run_trial
+
+TUNE_DIR, TRIALS_DIR, BEST_DIR = "sweep", "trials", "best"
+TRIAL_DRIVER_CPU = 0.1
+"""CPU reserved for each trial's driver (the function that runs the TorchTrainer)."""
+DATA_CPU = 1.0
+"""CPU left free for Ray Data's read tasks."""
+SEARCHES = ("random", "grid", "optuna")
+
+
+def plan_resources(
+    cluster_cpus: float,
+    workers: int,
+    cpus_per_worker: float,
+    max_concurrent: int | None,
+    cluster_gpus: float | None = None,
+):
+    """(concurrent trials, CPUs per worker): as many trials at once as the cluster holds with one CPU
+    left to Ray Data (and, for GPU trials, `cluster_gpus` one per worker); with `cpus_per_worker` 0
+    (auto) one CPU per worker, or what is left when a single trial does not fit (a small machine)."""
+    per_worker = cpus_per_worker or 1.0
+    budget = cluster_cpus - DATA_CPU
+    fits = int(budget // (workers * per_worker + TRIAL_DRIVER_CPU))
+    if cluster_gpus is not None:
+        fits = min(fits, int(cluster_gpus // workers))
+    concurrent = max(1, min(fits, max_concurrent or fits))
+    if fits < 1 and not cpus_per_worker:
+        per_worker = math.floor(100 * (budget - TRIAL_DRIVER_CPU) / workers) / 100
+        if per_worker < 0.1:
+            raise ValueError(
+                f"a trial of {workers} workers does not fit in {cluster_cpus:g} CPUs with one left to Ray Data"
+            )
+    return concurrent, per_worker
+
+
+def search_algorithm(search: str, space: dict):
+    """Tune's search algorithm: random sampling (grid entries crossed), a grid over every field, or Optuna."""
+    if search == "optuna":
+        if any("grid" in spec for spec in space.values()):
+            raise ValueError("Optuna cannot sample 'grid' fields; use choice, or --search grid")
+        if importlib.util.find_spec("optuna") is None:
+            raise ValueError("--search optuna needs optuna installed: pip install 'ecg-fm[optuna]'")
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=METRIC, mode="max")
+    return None  # BasicVariantGenerator: random sampling, grid_search crossed
+
+
+def as_grid(space: dict) -> dict:
+    """Every field a grid: choices as they are, ranges at their ends and middle (geometric for loguniform)."""
+    grid = {}
+    for field, spec in space.items():
+        ((kind, args),) = spec.items()
+        if kind in ("uniform", "loguniform"):
+            low, high = args
+            middle = math.sqrt(low * high) if kind == "loguniform" else (low + high) / 2
+            grid[field] = {"grid": [low, middle, high]}
+        elif kind == "choice":
+            grid[field] = {"grid": args}
+        else:
+            grid[field] = spec
+    return grid
+
+
+def sweep(
+    data: Sequence[str],
+    output: str | Path,
+    *,
+    config: str = "tiny",
+    objective: str = "melp",
+    space_file: str | None = None,
+    search: str = "random",
+    num_samples: int = 8,
+    workers_per_trial: int = 1,
+    train_overrides: dict | None = None,
+    grace_epochs: int = 1,
+    max_concurrent: int | None = None,
+    val_rows: int = 512,
+) -> dict:
+    """Run (or resume) the sweep; returns the summary: best trial, trials by status, concurrency."""
+    output = Path(output).resolve()
+    space = load_space(objective, space_file)
+    if search == "grid":
+        space = as_grid(space)
+    resolve_config(config, objective)  # a bad config name fails here, not in every trial
+    base_train = TrainConfig().with_overrides({"workers": workers_per_trial, **(train_overrides or {})})
+    if not ray.is_initialized():
+        ray.init()
+    resources = ray.cluster_resources()
+    concurrent, cpus_per_worker = plan_resources(
+        resources.get("CPU", 0),
+        workers_per_trial,
+        base_train.cpus_per_worker,
+        max_concurrent,
+        resources.get("GPU", 0) if base_train.use_gpu else None,
+    )
+    base_train = base_train.with_overrides({"cpus_per_worker": cpus_per_worker})
+    spec = SweepSpec(
+        [str(d) for d in data], config, objective, base_train.to_dict(), val_rows, str(output / TRIALS_DIR)
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec.to_dict()), {"CPU": TRIAL_DRIVER_CPU})
+    tune_path = output / TUNE_DIR
+    if tune.Tuner.can_restore(str(tune_path)):
+        print(f"sweep: resuming {tune_path}", file=sys.stderr)
+        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_param_space(space),
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                scheduler=ASHAScheduler(
+                    # One past the last epoch: ASHA stops a trial the moment it reports max_t, which would
+                    # kill it before it exports its best checkpoint.
+                    time_attr="epoch",
+                    max_t=base_train.epochs + 1,
+                    grace_period=grace_epochs,
+                ),
+                search_alg=search_algorithm(search, space),
+                num_samples=num_samples,
+                max_concurrent_trials=concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR, storage_path=str(output), failure_config=tune.FailureConfig(max_failures=0)
+            ),
+        )
+    print(
+        f"sweep: {objective} on {', '.join(spec.data)}; {concurrent} trial(s) at once × {workers_per_trial} "
+        f"worker(s) of {cpus_per_worker:g} CPU; swept: {', '.join(swept_fields(space))}",
+        file=sys.stderr,
+    )
+    result_grid = tuner.fit()
+    rows = trial_rows(result_grid, swept_fields(space), output / TRIALS_DIR)
+    write_tables(rows, output)
+    plot_metric_against_parameters(rows, space, output / "metric_vs_parameters.png")
+    best = copy_best(rows, output / BEST_DIR)
+    statuses = [row["status"] for row in rows]
+    return {
+        "best": best,
+        "trials": {status: statuses.count(status) for status in ("finished", "stopped early", "failed")},
+        "concurrent_trials": concurrent,
+        "cpus_per_worker": cpus_per_worker,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, nargs="+", help="folder(s) of prepared shards")
+    parser.add_argument("--output", required=True, help="sweep directory (rerun with it to resume)")
+    parser.add_argument("--space", help="YAML / JSON file overriding the default search space")
+    parser.add_argument("--num-samples", type=int, default=8, help="trials (× the grid, where there is one)")
+    parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial")
+    parser.add_argument("--config", default="tiny", help=f"model config ({', '.join(available_configs())}) or file")
+    parser.add_argument("--objective", default="melp", choices=[o for o in OBJECTIVES if o != "melp-lm"])
+    parser.add_argument("--search", default="random", choices=SEARCHES)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (ASHA's max)")
+    parser.add_argument("--grace-epochs", type=int, default=1, help="epochs before ASHA may stop a trial")
+    parser.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: what fits)")
+    parser.add_argument("--val-rows", type=int, default=512)
+    parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local one)")
+    parser.add_argument("overrides", nargs="*", metavar="train.field=value", help="base training config overrides")
+    args = parser.parse_args(argv)
+    try:
+        if any(not o.startswith("train.") for o in args.overrides):
+            raise ValueError("only train.field=value overrides apply to every trial; sweep model fields in --space")
+        train = {"epochs": args.epochs, **dict(parse_override(o.removeprefix("train.")) for o in args.overrides)}
+        TrainConfig().with_overrides({"workers": args.workers_per_trial, **train})
+        resolve_config(args.config, args.objective)
+        space = load_space(args.objective, args.space)
+        search_algorithm(args.search, as_grid(space) if args.search == "grid" else space)
+    except ValueError as error:
+        parser.error(str(error))
+    ray.init(address=args.address)
+    summary = sweep(
+        args.data,
+        args.output,
+        config=args.config,
+        objective=args.objective,
+        space_file=args.space,
+        search=args.search,
+        num_samples=args.num_samples,
+        workers_per_trial=args.workers_per_trial,
+        train_overrides=train,
+        grace_epochs=args.grace_epochs,
+        max_concurrent=args.max_concurrent,
+        val_rows=args.val_rows,
+    )
+    print(f"trials: {summary['trials']}; {summary['concurrent_trials']} at once")
+    best = summary["best"]
+    if best is None:
+        print("no trial finished: no best/ export", file=sys.stderr)
+        return 1
+    print(f"best: {best['trial']} val macro AUROC {best['best_' + METRIC]:.4f} → {Path(args.output) / BEST_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
