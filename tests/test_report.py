@@ -54,6 +54,14 @@ def test_report_has_tables_class_names_and_plots_that_decode(tmp_path):
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
 
 
+def test_classes_scored_as_constants_in_the_probe_are_named(tmp_path):
+    results, curves = _results({})
+    results["linear_probe"]["1%"]["constant_classes"] = ["CD"]
+    results["linear_probe"]["10%"]["constant_classes"] = []
+    report = write_report(results, curves, tmp_path).read_text()
+    assert "no positive or no negative: 1%: CD." in report
+
+
 def test_published_section_only_when_a_paper_reports_the_task(tmp_path):
     results, curves = _results({})
     report = write_report(results, curves, tmp_path).read_text()

@@ -108,6 +108,16 @@ def _linear_probe_section(results: dict) -> list[str]:
         lines.append(
             f"| {fraction} | {probe['train_rows']:,} | {len(probe['seeds'])} | {_mean_std(probe)} | {baseline} |"
         )
+    constant = [
+        f"{fraction}: {', '.join(probe['constant_classes'])}"
+        for fraction, probe in results["linear_probe"].items()
+        if probe["constant_classes"]
+    ]
+    if constant:
+        lines += [
+            "",
+            "Scored as a constant where a training subset had no positive or no negative: " + "; ".join(constant) + ".",
+        ]
     return lines
 
 
