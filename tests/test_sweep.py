@@ -24,13 +24,17 @@ SPACE = {
 TRAIN = {"batch_size": 8, "warmup_steps": 2, "epochs": 2, "checkpoints_to_keep": 1, "progress_every_s": 0.0}
 
 
-def test_asha_sweep_records_the_crash_picks_a_best_export_and_resumes_without_rerunning(synthetic_shards, tmp_path):
+def test_asha_sweep_records_the_crash_picks_a_best_export_and_resumes_without_rerunning(
+    synthetic_shards, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(synthetic_shards.parent)  # data given relative, as on a command line: trials run elsewhere
+    data = [synthetic_shards.name]
     space_file = tmp_path / "space.json"
     space_file.write_text(json.dumps(SPACE))
     output = tmp_path / "sweep"
     arguments = dict(space_file=str(space_file), num_samples=1, train_overrides=TRAIN, val_rows=48)
 
-    summary = sweep([str(synthetic_shards)], output, **arguments)
+    summary = sweep(data, output, **arguments)
 
     assert summary["concurrent_trials"] == 1  # 2 CPUs: one trial at a time, one CPU left to Ray Data
     assert summary["trials"]["failed"] == 1
@@ -53,7 +57,7 @@ def test_asha_sweep_records_the_crash_picks_a_best_export_and_resumes_without_re
     metrics_files = sorted(output.glob("trials/*/metrics.json"))
     assert len(metrics_files) == len(finished)
     stamps = [path.stat().st_mtime_ns for path in metrics_files]
-    resumed = sweep([str(synthetic_shards)], output, **arguments)
+    resumed = sweep(data, output, **arguments)
     assert resumed["trials"] == summary["trials"]
     assert [path.stat().st_mtime_ns for path in sorted(output.glob("trials/*/metrics.json"))] == stamps
     assert resumed["best"]["trial"] == best["trial"]

@@ -92,7 +92,7 @@ def plot_metric_against_parameters(rows: list[dict], space: dict[str, dict], pat
         if "loguniform" in space[field]:
             axes.set_xscale("log")
         axes.set(xlabel=field, ylabel="val macro AUROC")
-        if i == 0:
+        if i == 0 and axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path)

@@ -129,9 +129,9 @@ def sweep(
         resources.get("GPU", 0) if base_train.use_gpu else None,
     )
     base_train = base_train.with_overrides({"cpus_per_worker": cpus_per_worker})
-    spec = SweepSpec(
-        [str(d) for d in data], config, objective, base_train.to_dict(), val_rows, str(output / TRIALS_DIR)
-    )
+    # Trials run in their own working directories: local data folders are passed as absolute paths.
+    folders = [str(Path(d).resolve()) if Path(d).exists() else str(d) for d in data]
+    spec = SweepSpec(folders, config, objective, base_train.to_dict(), val_rows, str(output / TRIALS_DIR))
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec.to_dict()), {"CPU": TRIAL_DRIVER_CPU})
     tune_path = output / TUNE_DIR
     if tune.Tuner.can_restore(str(tune_path)):
