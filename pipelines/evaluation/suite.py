@@ -68,14 +68,14 @@ def evaluate_export(
         "baselines": {},
     }
     curves: dict[str, np.ndarray] = {"targets": targets}
-    random_model = _random_like(model_dir) if baselines else None
+    random_model = _random_like(model_dir) if baselines and {"zero-shot", "linear-probe"} & set(modes) else None
+    random_x = predict_split(random_model.encode_ecg, data, split)[0] if random_model is not None else None
 
     if "zero-shot" in modes:
         scores = task_scores(model, task, codes, test_x)
         results["zero_shot"] = _aurocs(scores, targets, codes)
         curves["zero-shot"] = scores
         if random_model is not None:
-            random_x, _ = predict_split(random_model.encode_ecg, data, split)
             zero_shot = _aurocs(task_scores(random_model, task, codes, random_x), targets, codes)
             results["baselines"].setdefault("random-weights", {})["zero_shot"] = zero_shot
         reports = _reports(data, split) if baselines else []
@@ -90,8 +90,7 @@ def evaluate_export(
         results["linear_probe"] = linear_probe(train_x, train_y, test_x, targets, codes)
         if random_model is not None:
             random_train_x, _ = predict_split(random_model.encode_ecg, data, "train")
-            random_test_x, _ = predict_split(random_model.encode_ecg, data, split)
-            probe = linear_probe(random_train_x, train_y, random_test_x, targets, codes)
+            probe = linear_probe(random_train_x, train_y, random_x, targets, codes)
             results["baselines"].setdefault("random-weights", {})["linear_probe"] = probe
 
     if "finetune" in modes:
