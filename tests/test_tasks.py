@@ -77,7 +77,10 @@ def test_user_json_and_csv_tables_load(tmp_path):
     json_table.write_text(
         json.dumps(
             {
-                "classes": {"af": {"name": "atrial fibrillation", "description": "no p waves"}, "sr": {"name": "sinus"}},
+                "classes": {
+                    "af": {"name": "atrial fibrillation", "description": "no p waves"},
+                    "sr": {"name": "sinus"},
+                },
                 "label_map": {"164889003": ["af"], "AFIB": "af"},
                 "templates": ["{}.", "ecg: {}."],
             }
@@ -85,11 +88,23 @@ def test_user_json_and_csv_tables_load(tmp_path):
     )
     task = load_task(json_table)
     assert task.codes == ["af", "sr"] and task.name == "mine"
-    assert task.targets([["164889003"], ["AFIB", "sr"], ["x"]]).tolist() == [[True, False], [True, True], [False, False]]
-    assert task.prompts_of("af") == ["atrial fibrillation.", "ecg: atrial fibrillation.", "no p waves.", "ecg: no p waves."]
+    assert task.targets([["164889003"], ["AFIB", "sr"], ["x"]]).tolist() == [
+        [True, False],
+        [True, True],
+        [False, False],
+    ]
+    assert task.prompts_of("af") == [
+        "atrial fibrillation.",
+        "ecg: atrial fibrillation.",
+        "no p waves.",
+        "ecg: no p waves.",
+    ]
 
     csv_table = tmp_path / "mine.csv"
-    csv_table.write_text("code,name,description,source_codes\nAF,atrial fibrillation,no p waves,164889003|AFIB\nSR,sinus,,\n")
+    csv_table.write_text(
+        "\ufeffcode,name,description,source_codes\nAF,atrial fibrillation,no p waves,164889003|AFIB\nSR,sinus,,\n",
+        encoding="utf-8",
+    )  # with the byte-order mark a spreadsheet writes
     task = load_task(csv_table)
     assert task.codes == ["AF", "SR"]
     assert task.targets([["AFIB"], ["164889003", "SR"]]).tolist() == [[True, False], [True, True]]
@@ -101,6 +116,7 @@ def test_user_json_and_csv_tables_load(tmp_path):
         ("{}", ".json", "non-empty 'classes'"),
         ('{"classes": {"a": {"description": "x"}}}', ".json", "class 'a' needs a 'name'"),
         ('{"classes": {"a": {"name": "x"}}, "label_map": {"r": ["b"]}}', ".json", "names unknown class(es) b"),
+        ('{"classes": {"a": {"name": "x"}}, "label_map": {"r": 3}}', ".json", "entry 'r' must be a class code"),
         ("not json", ".json", "not a readable JSON file"),
         ("code,description\nA,x\n", ".csv", "missing column(s) name"),
         ("code,name\nA,x\nA,y\n", ".csv", "line 3: class 'A' appears twice"),

@@ -125,19 +125,20 @@ def _builtin(name: str) -> Task:
         label_map = {code: (s[key],) for code, s in statements.items() if s[key]}
         members = {code: [s["description"].lower() for s in statements.values() if s[key] == code] for code in classes}
         prompts = {
-            code: (*class_prompts(classes[code], REPORT_TEMPLATES), *(t.format(m) for m in members[code] for t in REPORT_TEMPLATES))
+            code: (
+                *class_prompts(classes[code], REPORT_TEMPLATES),
+                *(t.format(m) for m in members[code] for t in REPORT_TEMPLATES),
+            )
             for code in classes
         }
         return Task(name, classes, label_map, published=PUBLISHED[name], prompts=prompts)
-    else:
-        flag = name.removeprefix("ptbxl-")
-        classes = {
-            code: ZeroShotClass(s["description"].lower(), table["statement_descriptions"][code])
-            for code, s in statements.items()
-            if s[flag]
-        }
-        label_map = {code: (code,) for code in classes}
-    return Task(name, classes, label_map, published=PUBLISHED[name])
+    flag = name.removeprefix("ptbxl-")
+    classes = {
+        code: ZeroShotClass(s["description"].lower(), table["statement_descriptions"][code])
+        for code, s in statements.items()
+        if s[flag]
+    }
+    return Task(name, classes, {code: (code,) for code in classes}, published=PUBLISHED[name])
 
 
 def _from_json(path: Path, name: str | None = None, published: dict[str, float] | None = None) -> Task:
@@ -152,9 +153,11 @@ def _from_json(path: Path, name: str | None = None, published: dict[str, float] 
     raw_map = data.get("label_map", {})
     if not isinstance(raw_map, dict):
         raise ValueError(f"{path}: 'label_map' must be an object {{raw code: [class codes]}}")
-    label_map = _label_map(
-        classes, {raw: [codes] if isinstance(codes, str) else codes for raw, codes in raw_map.items()}, path
-    )
+    raw_map = {raw: [codes] if isinstance(codes, str) else codes for raw, codes in raw_map.items()}
+    for raw, codes in raw_map.items():
+        if not isinstance(codes, list) or not all(isinstance(code, str) for code in codes):
+            raise ValueError(f"{path}: label_map entry {raw!r} must be a class code or a list of class codes")
+    label_map = _label_map(classes, raw_map, path)
     templates = tuple(data.get("templates") or REPORT_TEMPLATES)
     if not all(isinstance(t, str) and "{}" in t for t in templates):
         raise ValueError(f"{path}: every template needs a '{{}}' placeholder")
@@ -162,7 +165,7 @@ def _from_json(path: Path, name: str | None = None, published: dict[str, float] 
 
 
 def _from_csv(path: Path) -> Task:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheet exports start with a BOM
         reader = csv.DictReader(handle)
         missing = {"code", "name"} - set(reader.fieldnames or [])
         if missing:
