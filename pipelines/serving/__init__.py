@@ -1,0 +1,1 @@
+"""Online and batch scoring: request parsing and the shared zero-shot scorer."""

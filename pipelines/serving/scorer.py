@@ -1,0 +1,74 @@
+"""Zero-shot scoring of raw ECGs with an export: the one code path behind the Serve app and batch scoring.
+
+    scorer = Scorer("runs/sweep/best", task="synthetic")
+    prepared = scorer.prepare(Recording("ecg-1", signal_mv, 500, ["I", "II", "V1"]))   # prepare's preprocessing
+    embeddings = scorer.embed(np.stack([prepared.signal]), np.stack([prepared.lead_mask]))   # [n, D]
+    scores = scorer.scores(embeddings, ["AFIB", "sinus rhythm with a long pr interval"])    # [n, C]
+
+Labels are class codes of the scorer's task (prompted as evaluation prompts them) or any other text,
+taken as its own prompt. The text side of a label set is computed once and cached.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from models.model import ECGTextModel
+from models.zero_shot import classifier_from_prompts, zero_shot_scores
+from pipelines.data.preprocess import PreparedSignal, PreprocessConfig, preprocess
+from pipelines.data.wfdb_io import Recording
+from pipelines.evaluation.tasks import Task, load_task
+
+CLASSIFIER_CACHE = 256
+"""Label sets whose class weights are kept."""
+
+
+class Scorer:
+    """An export loaded once, with its preprocessing and a cache of zero-shot classifiers."""
+
+    def __init__(
+        self, model_dir: str | os.PathLike, task: str | Task = "synthetic", threads: int | None = None
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = ECGTextModel.from_pretrained(model_dir).eval().to(self.device)
+        self.task = task if isinstance(task, Task) else load_task(task)
+        ecg = self.model.config.ecg
+        # The preprocessing of `pipelines.prepare` at the model's own length (500 Hz, T / 500 s).
+        self.preprocess_config = PreprocessConfig(fs=500, seconds=ecg.n_samples / 500)
+        self.classifier = lru_cache(maxsize=CLASSIFIER_CACHE)(self._classifier)
+
+    @property
+    def default_labels(self) -> tuple[str, ...]:
+        return tuple(self.task.codes)
+
+    def prepare(self, recording: Recording) -> PreparedSignal:
+        """Raw ECG (mV, any rate, any standard leads) → model input; raises `RecordRejected`."""
+        return preprocess(recording, self.preprocess_config)
+
+    @torch.no_grad()
+    def embed(self, signals: np.ndarray, lead_masks: np.ndarray) -> np.ndarray:
+        """signals [n, 12, T] (float16/32), lead_masks [n, 12] bool → L2-normalised embeddings [n, D]."""
+        signal = torch.from_numpy(np.asarray(signals, dtype=np.float32)).to(self.device)
+        lead_mask = torch.from_numpy(np.asarray(lead_masks, dtype=bool)).to(self.device)
+        return self.model.encode_ecg(signal, lead_mask).cpu().numpy()
+
+    def scores(self, embeddings: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """Cosine scores [n, C] of embeddings [n, D] against the labels (codes or free text)."""
+        classifier = self.classifier(tuple(labels))  # [D, C] on the CPU
+        return zero_shot_scores(torch.from_numpy(embeddings).float(), classifier).numpy()
+
+    def label_names(self, labels: Sequence[str]) -> list[str]:
+        """A readable name per label: the class name of a task code, the text itself otherwise."""
+        return [self.task.classes[label].name if label in self.task.classes else label for label in labels]
+
+    @torch.no_grad()
+    def _classifier(self, labels: tuple[str, ...]) -> torch.Tensor:
+        prompts = [self.task.prompts_of(label) if label in self.task.classes else [label] for label in labels]
+        return classifier_from_prompts(self.model.encode_reports, prompts).float().cpu()
