@@ -8,6 +8,7 @@ session's cluster.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,10 +151,11 @@ def _wait_for(url: str, head: subprocess.Popen, timeout_s: float) -> None:
 
 
 def _stop(head: subprocess.Popen, temp_dir: str) -> None:
-    """SIGTERM the head's process group, then kill anything still running out of its temp dir."""
+    """SIGTERM the head's process group, then kill anything still running out of its temp dir, and
+    remove that dir."""
     try:
         os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=30)
+        head.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     for process in psutil.process_iter(["cmdline"]):
@@ -162,3 +164,4 @@ def _stop(head: subprocess.Popen, temp_dir: str) -> None:
                 process.kill()
         except psutil.Error:
             pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
