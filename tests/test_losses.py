@@ -90,10 +90,14 @@ def _rank_worker(rank: int, world_size: int, port: int, results) -> None:
 
 def test_gather_across_two_gloo_ranks_matches_the_global_batch():
     world_size = 2
-    manager = mp.Manager()
-    results = manager.dict()
     port = 29500 + os.getpid() % 1000
-    mp.spawn(_rank_worker, args=(world_size, port, results), nprocs=world_size, join=True)
+    # A spawned manager, not a forked one: forking this process after earlier tests started its Ray
+    # driver left the driver deaf to actor updates (the next Ray Train controller came up ALIVE in the
+    # GCS, and the driver waited on it forever).
+    with mp.get_context("spawn").Manager() as manager:
+        shared = manager.dict()
+        mp.spawn(_rank_worker, args=(world_size, port, shared), nprocs=world_size, join=True)
+        results = dict(shared)
 
     ecg, text = pairs()
     ecg.requires_grad_()
