@@ -1,6 +1,6 @@
 """Serve: zero-shot scoring over HTTP with Ray Serve (FastAPI ingress, requests batched with `@serve.batch`).
 
-    python -m pipelines.serve --model runs/sweep/best [--port 8000] [--replicas 2] [--task ptbxl-super]
+    python -m pipelines.serve --model runs/sweep/best [--port 8000] [--replicas 2] [--cpus-per-replica 4] [--task ptbxl-super]
     serve run cluster/serve.yaml
 
 Routes: `POST /v1/score` (per-label scores and the top labels per ECG), `POST /v1/embed`, `GET /healthz`,
@@ -21,6 +21,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.data.rejection import RecordRejected
 from pipelines.serving.requests import ECGRequest, RequestProblem, ScoreRequest, recordings
@@ -35,19 +37,37 @@ MAX_BATCH_SIZE = 32
 app = FastAPI(title="ecg-fm", description="Zero-shot ECG classification from text prompts.")
 
 
-@app.middleware("http")
-async def guard(request: Request, call_next):
-    """Bearer token (when configured) on every route but /healthz, and the body-size limit."""
-    settings = request.app.state
-    if request.url.path != "/healthz" and settings.token:
-        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(supplied.encode(), settings.token.encode()):
-            return JSONResponse({"detail": "authorization: a valid bearer token is required"}, status_code=401)
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-        limit = settings.max_body_bytes
-        return JSONResponse({"detail": f"body: {int(length):,} bytes; the limit is {limit:,}"}, status_code=413)
-    return await call_next(request)
+class RequestGuard:
+    """ASGI middleware: the bearer token (when configured) on every route but /healthz, and the body-size
+    limit, checked from the headers before the body is read. (A plain ASGI class: Starlette's
+    `BaseHTTPMiddleware` costs a task group and a stream per request.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                status, detail = problem
+                return await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _problem(scope: Scope) -> tuple[int, str] | None:
+        settings = scope["app"].state
+        headers = Headers(scope=scope)
+        if scope["path"] != "/healthz" and settings.token:
+            supplied = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(supplied.encode(), settings.token.encode()):
+                return 401, "authorization: a valid bearer token is required"
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_body_bytes:
+            return 413, f"body: {int(length):,} bytes; the limit is {settings.max_body_bytes:,}"
+        return None
+
+
+app.add_middleware(RequestGuard)
 
 
 @app.exception_handler(RequestProblem)
@@ -116,9 +136,10 @@ class ScoringService:
 
 
 def app_builder(args: dict) -> serve.Application:
-    """`serve run` entry (cluster/serve.yaml): args model, task, replicas, gpus_per_replica; the token from
+    """`serve run` entry (cluster/serve.yaml): args model, task, replicas, cpus_per_replica (torch's threads
+    in each replica; default 1), gpus_per_replica; the token from
     the environment."""
-    options = {"num_gpus": float(args.get("gpus_per_replica", 0))}
+    options = {"num_cpus": float(args.get("cpus_per_replica", 1)), "num_gpus": float(args.get("gpus_per_replica", 0))}
     return ScoringService.options(num_replicas=int(args.get("replicas", 1)), ray_actor_options=options).bind(
         args["model"], args.get("task", "synthetic"), args.get("token") or os.environ.get(TOKEN_ENV) or None
     )
@@ -131,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--cpus-per-replica", type=int, default=1, help="CPUs (and torch threads) per replica")
     parser.add_argument("--address", help="Ray cluster address (default: a local one)")
     args = parser.parse_args(argv)
     import ray
@@ -138,7 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray.init(address=args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(
-        app_builder({"model": os.path.abspath(args.model), "task": args.task, "replicas": args.replicas}),
+        app_builder(
+            {
+                "model": os.path.abspath(args.model),
+                "task": args.task,
+                "replicas": args.replicas,
+                "cpus_per_replica": args.cpus_per_replica,
+            }
+        ),
         name="ecg-fm",
         route_prefix="/",
         blocking=True,
