@@ -1,0 +1,172 @@
+"""Serve throughput and latency on loopback: a bounded load generator (N client threads, one request in
+flight each, base64 bodies of one or more 12-lead ECGs) against the Serve app, beside the raw forward
+(the same Scorer over prepared tensors in one process), with the CPU each process spends per request.
+
+    python -m tests.benchmarks.bench_serve [--model EXPORT | --config tiny] [--ecgs-per-request 1]
+        [--seconds 20] [--concurrency 1 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+import requests
+import torch
+
+from models.factory import create_model
+from pipelines.data.leads import STANDARD_LEADS
+from pipelines.data.wfdb_io import Recording
+from pipelines.serving.scorer import Scorer
+from pipelines.synthetic import SyntheticConfig, generate_batch
+
+ROLES = (
+    ("ServeReplica", "Serve replica"),
+    ("ProxyActor", "Serve proxy"),
+    ("ServeController", "other Ray"),
+    ("raylet", "other Ray"),
+    ("gcs_server", "other Ray"),
+)
+"""(command-line fragment, role) of the Ray processes whose CPU time is counted."""
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process (the load generator) and of the Ray processes, by role."""
+    own = psutil.Process().cpu_times()
+    totals = {"load generator": own.user + own.system}
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        role = next((role for fragment, role in ROLES if fragment in command), None)
+        if role is None:
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
+
+
+def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
+    """Each of `concurrency` threads posts one request at a time until the deadline."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        i = index
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            response = session.post(url, data=bodies[i % len(bodies)], headers={"Content-Type": "application/json"})
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+                statuses.append(response.status_code)
+            i += concurrency
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    cpu_before = cpu_seconds()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    cpu = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in cpu_seconds().items()}
+    ok = sum(200 <= s < 300 for s in statuses)
+    return {
+        "throughput": ok / wall,  # requests/s
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "server_errors": sum(s >= 500 for s in statuses),
+        "requests": len(statuses),
+        "cpu_ms_per_request": {role: 1000 * seconds / max(len(statuses), 1) for role, seconds in cpu.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="an export (default: a freshly initialised model of --config)")
+    parser.add_argument("--config", default="tiny", help="architecture of the fresh model")
+    parser.add_argument("--ecgs-per-request", type=int, default=1)
+    parser.add_argument("--cpus-per-replica", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    model_dir = args.model or tempfile.mkdtemp(prefix="bench-serve-")
+    if args.model is None:
+        torch.manual_seed(0)
+        create_model(args.config, objective="melp")[0].save_pretrained(model_dir)
+
+    signals, _ = generate_batch(64, np.random.default_rng(0), SyntheticConfig(n=64))  # mV [64, 12, 5000]
+    per = args.ecgs_per_request
+    groups = [signals[(np.arange(per) + k) % len(signals)] for k in range(len(signals))]  # [per, 12, 5000] each
+    bodies = [
+        json.dumps(
+            {"ecg": {"b64": base64.b64encode(g.astype("<f4").tobytes()).decode(), "shape": list(g.shape)}}
+        ).encode()
+        for g in groups
+    ]
+    scorer = Scorer(model_dir, "synthetic")
+    ready = [scorer.prepare(Recording(f"r{i}", s, 500, list(STANDARD_LEADS))) for i, s in enumerate(signals)]
+    x, m = np.stack([r.signal for r in ready]), np.stack([r.lead_mask for r in ready])
+    labels = scorer.default_labels
+    scorer.scores(scorer.embed(x[:32], m[:32]), labels)
+    started = time.perf_counter()
+    for _ in range(4):
+        for start in range(0, len(x), 32):
+            scorer.scores(scorer.embed(x[start : start + 32], m[start : start + 32]), labels)
+    raw = 4 * len(x) / (time.perf_counter() - started)
+
+    import ray
+    from ray import serve
+
+    from pipelines.serve import app_builder
+
+    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = app_builder({"model": model_dir, "task": "synthetic", "cpus_per_replica": args.cpus_per_replica})
+    serve.run(app, name="bench", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/v1/score"
+    load(url, bodies, 4, 3.0)  # warm-up
+    rows = {c: load(url, bodies, c, args.seconds) for c in args.concurrency}
+    serve.shutdown()
+    ray.shutdown()
+
+    name = args.model or f"fresh {args.config}"
+    print(
+        f"\n### Serve on loopback, {name}, {per} ECG(s) per request, {args.cpus_per_replica} CPU(s) per replica, "
+        f"{args.seconds:g} s per level\n"
+    )
+    print(f"Raw forward (prepared tensors, batch 32, one process): {raw:,.0f} ECGs/s\n")
+    print("| concurrency | ECGs/s | vs raw forward | p50 ms | p99 ms | 5xx | requests |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for c, r in rows.items():
+        ecgs = per * r["throughput"]
+        print(
+            f"| {c} | {ecgs:,.1f} | {ecgs / raw:.2f}x | {r['p50_ms']:,.0f} | {r['p99_ms']:,.0f} "
+            f"| {r['server_errors']} | {r['requests']} |"
+        )
+    print("\nCPU milliseconds per request, by process:\n")
+    roles = list(next(iter(rows.values()))["cpu_ms_per_request"])
+    print("| concurrency | " + " | ".join(roles) + " |\n| ---: |" + " ---: |" * len(roles))
+    for c, r in rows.items():
+        print(f"| {c} | " + " | ".join(f"{r['cpu_ms_per_request'].get(role, 0.0):.1f}" for role in roles) + " |")
+
+
+if __name__ == "__main__":
+    main()
