@@ -29,12 +29,15 @@ OBJECTIVES = ("melp", "cmelt", "mets")
 class BareViT1D(nn.Module):
     """The reference: the same width, depth, heads and patching in plain PyTorch, nothing else."""
 
-    def __init__(self, leads: int, samples: int, patch: int, width: int, depth: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(
+        self, leads: int, samples: int, patch: int, width: int, depth: int, heads: int, mlp_ratio: float
+    ) -> None:
         super().__init__()
         self.patch_embedding = nn.Conv1d(leads, width, kernel_size=patch, stride=patch)
         self.position = nn.Parameter(torch.zeros(1, samples // patch, width))
-        layer = nn.TransformerEncoderLayer(width, heads, int(mlp_ratio * width), dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, int(mlp_ratio * width), dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
 
@@ -61,8 +64,9 @@ def parameters(module: nn.Module, trainable_only: bool = False) -> int:
 def tower_against_reference(config_name: str, batch_size: int, seconds: float) -> tuple[float, float]:
     config = load_config(config_name).ecg
     tower = ECGTower(config).train()
-    bare = BareViT1D(config.n_leads, config.n_samples, config.patch_size, config.width, config.depth, config.heads,
-                     config.mlp_ratio).train()
+    bare = BareViT1D(
+        config.n_leads, config.n_samples, config.patch_size, config.width, config.depth, config.heads, config.mlp_ratio
+    ).train()
     signal = torch.rand(batch_size, config.n_leads, config.n_samples)
     lead_mask = torch.ones(batch_size, config.n_leads, dtype=torch.bool)
 
@@ -112,8 +116,11 @@ def synthetic_batch(batch_size: int):
 
     signals, metadata = generate_batch(batch_size, np.random.default_rng(0), SyntheticConfig(n=batch_size))
     prepared = [preprocess(Recording("b", s, 500, list(STANDARD_LEADS)), PreprocessConfig()) for s in signals]
-    return (np.stack([p.signal for p in prepared]), np.stack([p.lead_mask for p in prepared]),
-            [m["report"] for m in metadata])
+    return (
+        np.stack([p.signal for p in prepared]),
+        np.stack([p.lead_mask for p in prepared]),
+        [m["report"] for m in metadata],
+    )
 
 
 def main() -> None:
@@ -126,14 +133,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch = synthetic_batch(args.batch_size)
-    print(f"\n### ECG tower vs bare PyTorch ViT-1D (forward + backward, batch {args.batch_size}, {args.threads} threads)\n")
+    print(
+        f"\n### ECG tower vs bare PyTorch ViT-1D (forward + backward, batch {args.batch_size}, {args.threads} threads)\n"
+    )
     print("| config | tower samples/s | bare samples/s | tower / bare |")
     print("| --- | ---: | ---: | ---: |")
     for name in args.configs:
         tower, bare = tower_against_reference(name, args.batch_size, args.seconds)
         print(f"| {name} | {tower:,.1f} | {bare:,.1f} | {tower / bare:.2f}x |", flush=True)
     print(f"\n### Whole model per objective (forward + backward + AdamW step, batch {args.batch_size})\n")
-    print("| config | objective | ECG tower params | text tower params | objective + projections | trainable | samples/s |")
+    print(
+        "| config | objective | ECG tower params | text tower params | objective + projections | trainable | samples/s |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.configs:
         for objective in OBJECTIVES:
@@ -141,9 +152,12 @@ def main() -> None:
             if figures is None:
                 print(f"| {name} | {objective} | not built yet | | | | |", flush=True)
                 continue
-            print(f"| {name} | {objective} | {figures['ecg'] / 1e6:.2f}M | {figures['text'] / 1e6:.2f}M | "
-                  f"{figures['objective'] / 1e6:.2f}M | {figures['trainable'] / 1e6:.2f}M | "
-                  f"{figures['samples_per_s']:,.1f} |", flush=True)
+            print(
+                f"| {name} | {objective} | {figures['ecg'] / 1e6:.2f}M | {figures['text'] / 1e6:.2f}M | "
+                f"{figures['objective'] / 1e6:.2f}M | {figures['trainable'] / 1e6:.2f}M | "
+                f"{figures['samples_per_s']:,.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

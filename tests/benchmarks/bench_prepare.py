@@ -107,8 +107,19 @@ def peak_memory_of_prepare(archive: Path) -> float:
     """Peak summed PSS (MiB) of a `python -m pipelines.prepare` process tree over `archive`."""
     output = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    command = [sys.executable, "-m", "pipelines.prepare", "--source", "ptbxl", "--report", "raw",
-               "--input", str(archive), "--output", str(output / "shards")]
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.prepare",
+        "--source",
+        "ptbxl",
+        "--report",
+        "raw",
+        "--input",
+        str(archive),
+        "--output",
+        str(output / "shards"),
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0.0
     done = threading.Event()
@@ -160,15 +171,25 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: |")
         rows = [
             ("`wfdb.rdsamp` loop (1 core)", figures["rdsamp_loop_per_s"], 1),
-            ("project reader + default preprocessing loop (1 core, no Ray)", figures["reader_preprocess_loop_per_s"], 1),
+            (
+                "project reader + default preprocessing loop (1 core, no Ray)",
+                figures["reader_preprocess_loop_per_s"],
+                1,
+            ),
             ("`prepare` on Ray, first run (includes worker start-up)", figures["prepare_cold_per_s"], figures["cpus"]),
             ("`prepare` on Ray, warm workers", figures["prepare_warm_per_s"], figures["cpus"]),
-            ("`prepare` on Ray, per-record rate without the fixed job cost", figures["prepare_marginal_per_s"], figures["cpus"]),
+            (
+                "`prepare` on Ray, per-record rate without the fixed job cost",
+                figures["prepare_marginal_per_s"],
+                figures["cpus"],
+            ),
         ]
         for name, rate, cores in rows:
             print(f"| {name} | {rate:,.0f} | {rate / cores:,.0f} | {rate / cores / base:.1f}x |")
-        print(f"\nFixed cost of one prepare job (listing, Ray Data planning, progress actor): "
-              f"{figures['prepare_job_overhead_s']:.1f} s")
+        print(
+            f"\nFixed cost of one prepare job (listing, Ray Data planning, progress actor): "
+            f"{figures['prepare_job_overhead_s']:.1f} s"
+        )
         if args.memory_sizes:
             print("\n### prepare peak memory (PSS of driver + Ray processes)\n")
             print("| synthetic records | peak MiB | vs smallest |")

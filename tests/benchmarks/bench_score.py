@@ -69,9 +69,10 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
     with tempfile.TemporaryDirectory() as work:
         copies = Path(work) / "copies"
+        shards = sorted(Path(args.shards).resolve().rglob("part-*.parquet"))
         for k in range(args.copies):
-            for shard in Path(args.shards).resolve().rglob("part-*.parquet"):
-                (copies / f"copy{k}").mkdir(parents=True, exist_ok=True)
+            (copies / f"copy{k}").mkdir(parents=True)
+            for shard in shards:
                 (copies / f"copy{k}" / shard.name).symlink_to(shard)
         score(model_dir, args.shards, f"{work}/warm", batch_size=args.batch_size, actors=args.actors)
         jobs = {}

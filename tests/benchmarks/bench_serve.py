@@ -27,6 +27,7 @@ from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.wfdb_io import Recording
 from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_batch
+from tests.benchmarks.bench_score import raw_forward
 
 ROLES = (
     ("ServeReplica", "Serve replica"),
@@ -121,13 +122,7 @@ def main() -> None:
     scorer = Scorer(model_dir, "synthetic")
     ready = [scorer.prepare(Recording(f"r{i}", s, 500, list(STANDARD_LEADS))) for i, s in enumerate(signals)]
     x, m = np.stack([r.signal for r in ready]), np.stack([r.lead_mask for r in ready])
-    labels = scorer.default_labels
-    scorer.scores(scorer.embed(x[:32], m[:32]), labels)
-    started = time.perf_counter()
-    for _ in range(4):
-        for start in range(0, len(x), 32):
-            scorer.scores(scorer.embed(x[start : start + 32], m[start : start + 32]), labels)
-    raw = 4 * len(x) / (time.perf_counter() - started)
+    raw = raw_forward(scorer, np.concatenate([x] * 4), np.concatenate([m] * 4), batch_size=32)
 
     import ray
     from ray import serve
