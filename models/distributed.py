@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 
 def world() -> tuple[int, int]:
@@ -25,7 +24,25 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     _, world_size = world()
     if world_size == 1:
         return features
-    return torch.cat(dist_fn.all_gather(features), dim=0)
+    return _GatherWithGrad.apply(features)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient on the gathered rows (all_reduce, which
+    gloo and NCCL both have) and hands each rank the slice of its own rows."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor) -> torch.Tensor:  # [B, D] → [world * B, D]
+        parts = [torch.empty_like(features) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, features.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # [world * B, D] → [B, D]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        rank, world_size = world()
+        return grad.chunk(world_size, dim=0)[rank]
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -10,16 +10,17 @@ from transformers import PreTrainedTokenizerBase
 
 from models.config import ModelConfig, load_config
 from models.model import CONFIG_FILE, ECGTextModel
+from models.objectives import objective_class
 
 
 def create_model(
     name_or_path: str | os.PathLike = "tiny",
     objective: str | None = None,
-    overrides: list[str] | dict | None = None,
+    overrides: dict | None = None,
 ) -> tuple[ECGTextModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from a named config (`tiny`, `merl-vit-tiny`, …), a config JSON file, or a
     folder written by `save_pretrained`. `objective` picks melp / cmelt / mets; `overrides` are
-    `section.field=value` strings. METS always freezes the whole text tower, as the paper does."""
+    `{"section.field": value}`. METS always freezes the whole text tower, as the paper does."""
     path = Path(name_or_path)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         if objective or overrides:
@@ -31,13 +32,11 @@ def create_model(
 
 
 def resolve_config(
-    name_or_path: str | os.PathLike, objective: str | None = None, overrides: list[str] | dict | None = None
+    name_or_path: str | os.PathLike, objective: str | None = None, overrides: dict | None = None
 ) -> ModelConfig:
     """The model config `create_model` builds: named config or JSON file, objective, overrides, and the
-    objective's rules (METS freezes the whole text tower)."""
-    config = load_config(name_or_path, overrides)
-    if objective is not None:
-        config = replace(config, objective=replace(config.objective, name=objective))
-    if config.objective.name == "mets" and config.text.freeze_layers != -1:
+    objective's rules (`freezes_text_tower`: METS freezes the whole text tower)."""
+    config = load_config(name_or_path, overrides, objective)
+    if objective_class(config.objective.name).freezes_text_tower and config.text.freeze_layers != -1:
         config = replace(config, text=replace(config.text, freeze_layers=-1))
     return config

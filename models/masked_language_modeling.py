@@ -1,7 +1,7 @@
 """Masked language modelling (BERT): corrupt a fraction of the report tokens, predict the originals.
 
 C-MELT trains its text tower with this loss among its other terms; MELP's stage 1 is this loss alone
-(`TextMLMObjective`, objective "melp-lm"): continued pre-training of the text tower on report text.
+(models.objectives.melp_lm, objective "melp-lm"): continued pre-training of the text tower on report text.
 
     masked_ids, labels = mask_tokens(input_ids, attention_mask, special_ids, mask_id, vocab_size, 0.25)
     loss = head(text(masked_ids, attention_mask).tokens, labels, text.word_embeddings)
@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.caption_decoder import IGNORE_INDEX
-from models.config import ObjectiveConfig
 
 if TYPE_CHECKING:
-    from models.model import ECGTextModel
     from models.text_tower import TextTower
 
 MASK_TOKEN_SHARE = 0.8
@@ -100,22 +98,3 @@ def masked_lm_loss(
         input_ids, attention_mask, text.tokenizer.all_special_ids, text.mask_token_id, text.vocab_size, ratio
     )
     return head(text(masked_ids, attention_mask).tokens, labels, text.word_embeddings)
-
-
-class TextMLMObjective(nn.Module):
-    """MELP stage 1: masked-LM training of the text tower on reports (text_mask_ratio of the tokens).
-
-    Only the text tower and this head are used; the ECG side of the batch is ignored.
-    """
-
-    def __init__(self, config: ObjectiveConfig, text: TextTower) -> None:
-        super().__init__()
-        self.mask_ratio = config.text_mask_ratio
-        self.head = MaskedLMHead(text.hidden_size, text.vocab_size)
-
-    def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
-        return text.tokenize(reports)
-
-    def forward(self, model: ECGTextModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mlm = masked_lm_loss(model.text, self.head, batch["input_ids"], batch["attention_mask"], self.mask_ratio)
-        return {"mlm_loss": mlm, "loss": mlm}

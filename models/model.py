@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.caption_decoder import CaptionDecoder
-from models.config import ModelConfig
+from models.config import ModelConfig, objective_config_class
 from models.ecg_tower import ECGTower
 from models.masked_language_modeling import MaskedLMHead
 from models.objectives import build_objective
 from models.text_tower import TextTower
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: config.json records `trained_with` (the data's preprocessing and the validation's label task).
+1 (read too): no `trained_with`; its objective section lists every objective's fields."""
+READABLE_VERSIONS = (1, 2)
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
 
 
@@ -37,11 +41,16 @@ class ECGTextModel(nn.Module):
     def __init__(self, config: ModelConfig, text: TextTower | None = None) -> None:
         super().__init__()
         self.config = config
+        self.trained_with: dict | None = None
+        """What the pipelines recorded of the training data (preprocessing, label task); saved in
+        config.json, None when unknown (a fresh model, or an export of format 1)."""
         self.ecg = ECGTower(config.ecg)
         self.text = text if text is not None else TextTower(config.text)
         self.ecg_projection = nn.Linear(config.ecg.width, config.objective.embed_dim)
         self.text_projection = nn.Linear(self.text.hidden_size, config.objective.embed_dim)
         self.objective = build_objective(config, self.text)
+        for name in self.objective.unused_modules:
+            getattr(self, name).requires_grad_(False)
 
     def encode_ecg(self, signal: torch.Tensor, lead_mask: torch.Tensor | None = None) -> torch.Tensor:
         """signal [B, 12, T], lead_mask [B, 12] bool (None: all leads) → L2-normalised [B, D]."""
@@ -88,6 +97,7 @@ class ECGTextModel(nn.Module):
         config = {
             "format_version": FORMAT_VERSION,
             "model": self.config.to_dict(),
+            "trained_with": self.trained_with,
             "text_encoder": self.text.encoder_config_dict(),
         }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -107,14 +117,16 @@ class ECGTextModel(nn.Module):
         try:
             saved = json.loads(config_path.read_text())
             version = saved["format_version"]
-            config = ModelConfig.from_dict(saved["model"])
+            if version not in READABLE_VERSIONS:
+                raise ValueError(f"format_version {version}; this code reads {', '.join(map(str, READABLE_VERSIONS))}")
+            model_dict = saved["model"] if version > 1 else _objective_fields_of_its_own(saved["model"])
+            config = ModelConfig.from_dict(model_dict)
             encoder_config = saved["text_encoder"]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{config_path} is not a valid model config: {type(error).__name__}: {error}") from None
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{config_path} has format_version {version}; this code reads {FORMAT_VERSION}")
         text = TextTower.from_saved(config.text, encoder_config, directory / TOKENIZER_DIR)
         model = cls(config, text=text)
+        model.trained_with = saved.get("trained_with")
         if not load_weights:
             return model
         try:
@@ -124,6 +136,13 @@ class ECGTextModel(nn.Module):
         _check_state(model.state_dict(), state, weights_path)
         model.load_state_dict(state)
         return model
+
+
+def _objective_fields_of_its_own(model: dict) -> dict:
+    """A format-1 model section, whose objective lists every objective's fields, cut to its own's."""
+    objective = model.get("objective", {})
+    own = {f.name for f in fields(objective_config_class(objective.get("name", "melp")))}
+    return {**model, "objective": {k: v for k, v in objective.items() if k in own}}
 
 
 def _check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path) -> None:

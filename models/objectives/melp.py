@@ -1,16 +1,15 @@
-"""Objectives: what a batch costs under MELP, C-MELT or METS, as a dict of named `*_loss` terms.
+"""MELP stage 2: rhythm (InfoNCE), token (captioning) and beat (sentence-beat) levels at once.
 
-An objective holds its own parameters (temperatures, decoders) and reads the towers and
-projections of the model it is called with; `loss` is the weighted total the optimizer steps on.
-Each objective also says which text inputs it needs (`text_inputs`), so collation stays with it.
+    losses = model(batch)   # {"rhythm_loss", "token_loss", "beat_loss", "loss"}
 
-C-MELT lives in models.cmelt and MELP's stage 1 (masked-LM training of the text tower, "melp-lm")
-in models.masked_language_modeling.
+The caption decoder lives in models.caption_decoder, the beat level's alignment in
+models.beat_alignment, InfoNCE with its cross-rank gather in models.losses.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,10 +18,9 @@ from torch import nn
 
 from models.beat_alignment import beat_alignment_loss
 from models.caption_decoder import CaptionDecoder
-from models.cmelt import CmeltObjective
 from models.config import ModelConfig, ObjectiveConfig
 from models.losses import ClipLoss, LogitScale
-from models.masked_language_modeling import TextMLMObjective
+from models.objectives import Objective, register
 
 if TYPE_CHECKING:
     from models.model import ECGTextModel
@@ -37,37 +35,43 @@ def split_sentences(report: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(report) if s.strip()][:MAX_SENTENCES]
 
 
-class MetsObjective(nn.Module):
-    """METS: the ECG tower trained with CLIP InfoNCE against a frozen language model."""
+@dataclass(frozen=True)
+class MelpConfig(ObjectiveConfig):
+    """MELP's knobs: total = rhythm + 2 token + 0.2 beat (MELP's defaults)."""
 
-    def __init__(self, config: ObjectiveConfig) -> None:
-        super().__init__()
-        self.logit_scale = LogitScale(config.init_temperature, config.max_logit_scale, config.learn_temperature)
-        self.clip = ClipLoss()
-
-    def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
-        return text.tokenize(reports)
-
-    def forward(self, model: ECGTextModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        ecg = model.encode_ecg(batch["signal"], batch["lead_mask"])
-        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-        contrastive = self.clip(ecg, text, self.logit_scale())
-        return {"contrastive_loss": contrastive, "loss": contrastive}
+    rhythm_weight: float = 1.0
+    token_weight: float = 2.0
+    beat_weight: float = 0.2
+    caption_layers: int = 2
+    """Layers of the caption decoder (causal self-attention + cross-attention to ECG tokens)."""
+    beat_temperature: float = 0.1
+    """Temperature of the sentence-beat local alignment (GLoRIA style)."""
 
 
-class MelpObjective(nn.Module):
+@register
+class MelpObjective(Objective):
     """MELP stage 2: rhythm (InfoNCE), token (captioning) and beat (sentence-beat) levels at once.
 
     total = rhythm_weight · rhythm + token_weight · token + beat_weight · beat (MELP: 1, 2, 0.2).
     """
 
-    def __init__(self, config: ObjectiveConfig, model_config: ModelConfig, text_width: int) -> None:
-        super().__init__()
+    name = "melp"
+    config_class = MelpConfig
+    sweep_space = {
+        "objective.init_temperature": {"loguniform": [0.02, 0.2]},
+        "objective.learn_temperature": {"choice": [True, False]},
+        "objective.rhythm_weight": {"uniform": [0.5, 2.0]},
+        "objective.token_weight": {"uniform": [0.5, 4.0]},
+        "objective.beat_weight": {"loguniform": [0.05, 1.0]},
+    }
+
+    def __init__(self, config: MelpConfig, model_config: ModelConfig, text: TextTower) -> None:
+        super().__init__(config, model_config, text)
         self.config = config
         self.logit_scale = LogitScale(config.init_temperature, config.max_logit_scale, config.learn_temperature)
         self.clip = ClipLoss()
         self.caption = CaptionDecoder(
-            text_width, model_config.ecg.width, config.caption_layers, model_config.text.max_length
+            text.hidden_size, model_config.ecg.width, config.caption_layers, model_config.text.max_length
         )
         self.beat_projection = nn.Linear(model_config.ecg.width, config.embed_dim)
 
@@ -95,17 +99,3 @@ class MelpObjective(nn.Module):
         beat = beat_alignment_loss(sentences, batch["sentence_mask"], beats, self.config.beat_temperature)
         total = self.config.rhythm_weight * rhythm + self.config.token_weight * token + self.config.beat_weight * beat
         return {"rhythm_loss": rhythm, "token_loss": token, "beat_loss": beat, "loss": total}
-
-
-def build_objective(config: ModelConfig, text: TextTower) -> nn.Module:
-    """The objective that config.objective.name names, sized to the model's text tower (width, vocabulary)."""
-    name = config.objective.name
-    if name == "mets":
-        return MetsObjective(config.objective)
-    if name == "melp":
-        return MelpObjective(config.objective, config, text.hidden_size)
-    if name == "melp-lm":
-        return TextMLMObjective(config.objective, text)
-    if name == "cmelt":
-        return CmeltObjective(config.objective, config, text)
-    raise ValueError(f"unknown objective {name!r}")

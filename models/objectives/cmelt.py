@@ -3,14 +3,15 @@ sigmoid contrastive loss, trained together.
 
     losses = model(batch)   # {"mem_loss", "mlm_loss", "itm_loss", "contrastive_loss", "loss"}
 
-Each term is a small piece here: `masked_ecg_loss` (MAE with a light `MaskedECGDecoder`), the text
-tower's masked-LM loss (models.masked_language_modeling), `ECGTextMatching` (fusion layers and a
-matching head) on positives and N3S negatives both ways (models.n3s: the batch and a bank of recent
-reports), and SigLIP (models.losses). "loss" is their weighted sum.
+Each term is a small piece: `masked_ecg_loss` (MAE with a light decoder, models.masked_ecg_modeling),
+the text tower's masked-LM loss (models.masked_language_modeling), `ECGTextMatching` (fusion layers
+and a matching head) on positives and N3S negatives both ways (models.n3s: the batch and a bank of
+recent reports), and SigLIP (models.losses). "loss" is their weighted sum.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,93 +20,48 @@ from torch import nn
 
 from models.config import ModelConfig, ObjectiveConfig
 from models.cross_attention import TextOverECG
-from models.ecg_tower import ECGTower, sincos_position_embedding
 from models.losses import LogitScale, SigLipLoss
+from models.masked_ecg_modeling import MaskedECGDecoder, masked_ecg_loss
 from models.masked_language_modeling import MaskedLMHead, masked_lm_loss
 from models.n3s import ReportBank, drop_padding_columns, n3s_negatives
+from models.objectives import Objective, register
 from models.text_tower import TextTower, pool_tokens
 
 if TYPE_CHECKING:
     from models.model import ECGTextModel
 
-PATCH_NORM_EPS = 1e-6
-DECODER_HEAD_WIDTH = 32
-"""Channels per attention head of the ECG decoder (MAE's decoder: 512 wide, 16 heads)."""
 
+@dataclass(frozen=True)
+class CmeltConfig(ObjectiveConfig):
+    """C-MELT's knobs (published defaults): masking ratios, loss weights, decoder and fusion sizes,
+    SigLIP's initial scale and bias, N3S."""
 
-def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
-    """Per-patch normalised reconstruction targets (MAE's norm_pix_loss).
+    ecg_mask_ratio: float = 0.75
+    text_mask_ratio: float = 0.25
+    mem_weight: float = 1.0
+    mlm_weight: float = 1.0
+    itm_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    decoder_width: int = 128
+    decoder_depth: int = 2
+    fusion_layers: int = 2
+    siglip_init_scale: float = 10.0
+    siglip_init_bias: float = -10.0
+    n3s_candidates: int = 8
+    """N3S: a negative is drawn from this many reports least similar to the positive."""
+    n3s_bank_size: int = 4096
+    """N3S searches the batch and a bank of the last this many training reports (of all ranks);
+    0 = the batch only. The bank is not saved with the model: a resumed run refills it."""
 
-    patches [B, N, 12 * P] → [B, N, 12 * P]: each patch minus its mean over its 12 * P values, divided
-    by sqrt(var + 1e-6), var being the unbiased variance over the same values (as MAE).
-    """
-    mean = patches.mean(dim=-1, keepdim=True)  # [B, N, 1]
-    variance = patches.var(dim=-1, keepdim=True)  # [B, N, 1]
-    return (patches - mean) / (variance + PATCH_NORM_EPS).sqrt()
-
-
-def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE on the removed patches only: prediction, target [B, N, 12 * P]; mask [B, N], 1 = removed.
-
-    Returns the scalar mean over removed patches of each patch's mean squared error; kept patches'
-    predictions and targets are never read into the result.
-    """
-    removed = mask.bool()  # [B, N]
-    return (prediction[removed] - target[removed]).pow(2).mean()
-
-
-class MaskedECGDecoder(nn.Module):
-    """MAE's light decoder: encoded kept patches, a shared mask token at every removed position, fixed
-    sin-cos positions, a few pre-norm transformer blocks, and a linear map to each patch's 12 * P values."""
-
-    def __init__(self, ecg_width: int, width: int, depth: int, n_patches: int, patch_dim: int) -> None:
-        super().__init__()
-        self.embed = nn.Linear(ecg_width, width)
-        self.mask_token = nn.Parameter(0.02 * torch.randn(1, 1, width))
-        self.register_buffer("position_embedding", sincos_position_embedding(n_patches, width), persistent=False)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                width,
-                max(1, width // DECODER_HEAD_WIDTH),
-                4 * width,
-                dropout=0.0,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for ratio in ("ecg_mask_ratio", "text_mask_ratio"):
+            if not 0.0 <= getattr(self, ratio) < 1.0:
+                raise ValueError(f"{ratio} must be in [0, 1), got {getattr(self, ratio)}")
+        if self.n3s_candidates < 1 or self.n3s_bank_size < 0:
+            raise ValueError(
+                f"n3s_candidates must be at least 1 and n3s_bank_size at least 0, got {self.n3s_candidates}, {self.n3s_bank_size}"
             )
-            for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(width)
-        self.prediction = nn.Linear(width, patch_dim)
-
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """latent [B, N_keep, W] (the encoded kept patches), ids_restore [B, N] from `random_masking`
-        → predicted patches [B, N, 12 * P] in the original order."""
-        tokens = self.embed(latent)  # [B, N_keep, Wd]
-        batch, n_keep, width = tokens.shape
-        fillers = self.mask_token.expand(batch, ids_restore.shape[1] - n_keep, width)  # [B, N - N_keep, Wd]
-        tokens = torch.cat([tokens, fillers], dim=1)  # [B, N, Wd], kept first
-        tokens = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, width)) + self.position_embedding
-        for block in self.blocks:
-            tokens = block(tokens)  # [B, N, Wd]
-        return self.prediction(self.norm(tokens))  # [B, N, 12 * P]
-
-
-def masked_ecg_loss(
-    tower: ECGTower, decoder: MaskedECGDecoder, signal: torch.Tensor, lead_mask: torch.Tensor, mask_ratio: float
-) -> torch.Tensor:
-    """MEM: encode a random (1 - mask_ratio) of the patches, reconstruct all, score the removed ones.
-
-    signal [B, 12, T], lead_mask [B, 12] bool. Leads are dropped at random in training (`drop_leads`)
-    on the input only. Targets are the present leads centred over time, as `embed` sees them, cut
-    into patches and normalised per patch. Returns the scalar `masked_patch_loss`.
-    """
-    tokens = tower.embed(signal, tower.drop_leads(lead_mask))  # [B, N, W]
-    kept, mask, ids_restore = tower.random_masking(tokens, mask_ratio)  # [B, N_keep, W], [B, N], [B, N]
-    prediction = decoder(tower.encode(kept), ids_restore)  # [B, N, 12 * P]
-    present = signal.to(prediction.dtype).masked_fill(~lead_mask.unsqueeze(-1), 0.0)  # [B, 12, T]
-    target = normalize_patches(tower.patchify(present - present.mean(dim=-1, keepdim=True)))  # [B, N, 12 * P]
-    return masked_patch_loss(prediction, target, mask)
 
 
 class ECGTextMatching(nn.Module):
@@ -130,7 +86,8 @@ class ECGTextMatching(nn.Module):
         return self.head(pool_tokens(fused, attention_mask, self.pooling))  # [M, 2]
 
 
-class CmeltObjective(nn.Module):
+@register
+class CmeltObjective(Objective):
     """C-MELT: mem_weight · MEM + mlm_weight · MLM + itm_weight · ITM (N3S) + contrastive_weight · SigLIP.
 
     The contrastive and matching terms see the whole ECG (one forward through the tower: its pooled
@@ -139,8 +96,22 @@ class CmeltObjective(nn.Module):
     reports (of every rank) then enter the N3S report bank.
     """
 
-    def __init__(self, config: ObjectiveConfig, model_config: ModelConfig, text: TextTower) -> None:
-        super().__init__()
+    name = "cmelt"
+    config_class = CmeltConfig
+    sweep_space = {
+        "objective.siglip_init_scale": {"loguniform": [3.0, 30.0]},
+        "objective.learn_temperature": {"choice": [True, False]},
+        "objective.ecg_mask_ratio": {"uniform": [0.5, 0.9]},
+        "objective.text_mask_ratio": {"uniform": [0.1, 0.4]},
+        "objective.mem_weight": {"uniform": [0.25, 2.0]},
+        "objective.mlm_weight": {"uniform": [0.25, 2.0]},
+        "objective.itm_weight": {"uniform": [0.25, 2.0]},
+        "objective.contrastive_weight": {"uniform": [0.25, 2.0]},
+    }
+    """C-MELT's temperature is SigLIP's initial logit scale (1 / temperature)."""
+
+    def __init__(self, config: CmeltConfig, model_config: ModelConfig, text: TextTower) -> None:
+        super().__init__(config, model_config, text)
         ecg = model_config.ecg
         self.config = config
         self.ecg_decoder = MaskedECGDecoder(
@@ -158,9 +129,6 @@ class CmeltObjective(nn.Module):
         self.logit_scale = LogitScale(1 / config.siglip_init_scale, config.max_logit_scale, config.learn_temperature)
         self.logit_bias = nn.Parameter(torch.full((1,), float(config.siglip_init_bias)))  # [1]: see LogitScale
         self.siglip = SigLipLoss()
-
-    def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
-        return text.tokenize(reports)
 
     def matching_loss(
         self,
