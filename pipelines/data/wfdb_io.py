@@ -55,7 +55,7 @@ def read_record(record_path: str | os.PathLike) -> Recording:
     record_path = Path(record_path)
     header_path = record_path.with_name(record_path.name + ".hea")
     try:
-        header_text = header_path.read_text(encoding="latin-1")
+        header_text = decode_header(header_path.read_bytes())
     except FileNotFoundError:
         raise RecordRejected(f"missing record: no header file {header_path}") from None
     except OSError as error:
@@ -65,15 +65,30 @@ def read_record(record_path: str | os.PathLike) -> Recording:
     except (ValueError, IndexError) as error:
         raise RecordRejected(f"unreadable header {header_path}: {error}") from None
     if fast is None:
-        return _read_with_wfdb(record_path)
+        return _read_with_wfdb(record_path, header_comments(header_text))
     fs, sig_len, specs, comments = fast
     return _read_format16(record_path, fs, sig_len, specs, comments)
+
+
+def decode_header(raw: bytes) -> str:
+    """Header bytes as text: UTF-8 (what current writers produce, and what reports in German, say, need),
+    latin-1 for older files that are not valid UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def header_comments(header_text: str) -> list[str]:
+    """The header's comment lines without the leading '#'."""
+    lines = (line.strip() for line in header_text.splitlines())
+    return [line[1:].strip() for line in lines if line.startswith("#")]
 
 
 def _parse_fast_header(text: str) -> tuple[float, int, list[_SignalSpec], list[str]] | None:
     """Parse a header whose signals the fast path can read; None when wfdb must handle it."""
     lines = [line.strip() for line in text.splitlines()]
-    comments = [line[1:].strip() for line in lines if line.startswith("#")]
+    comments = header_comments(text)
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
         raise ValueError("empty header")
@@ -140,7 +155,9 @@ def _read_format16(
     )
 
 
-def _read_with_wfdb(record_path: Path) -> Recording:
+def _read_with_wfdb(record_path: Path, comments: list[str]) -> Recording:
+    """wfdb's reader for the formats the fast path does not take; the comments come from our own decoding
+    of the header (wfdb reads it as latin-1)."""
     import wfdb
 
     try:
@@ -159,7 +176,7 @@ def _read_with_wfdb(record_path: Path) -> Recording:
         signal=np.ascontiguousarray(record.p_signal.T, dtype=np.float32),
         fs=float(record.fs),
         lead_names=list(record.sig_name),
-        comments=list(record.comments or []),
+        comments=comments,
     )
 
 

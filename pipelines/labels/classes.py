@@ -1,18 +1,18 @@
 """Label codes → zero-shot classes: the name each code is prompted with.
 
-The synthetic generator's statements use PTB-XL's SCP codes (plus LAD / RAD in the same style), so
-one table serves synthetic shards and the PTB-XL codes they share. Names are the report phrases.
+The synthetic generator's statements (`tables/synthetic.json`) use PTB-XL's SCP codes (plus LAD / RAD
+in the same style), so one table serves synthetic shards and the PTB-XL codes they share. Names are
+the report phrases.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
-
 from models.zero_shot import ZeroShotClass
-from pipelines.synthetic import STATEMENTS
+from pipelines.labels.table_files import read_table
 
-LABEL_TABLE: dict[str, ZeroShotClass] = {s.code: ZeroShotClass(s.description.lower()) for s in STATEMENTS}
+LABEL_TABLE: dict[str, ZeroShotClass] = {
+    row["code"]: ZeroShotClass(row["description"].lower()) for row in read_table("synthetic")["statements"]
+}
 """Code → class, for every code the project can name."""
 
 REPORT_TEMPLATES: tuple[str, ...] = ("{}.",)
@@ -21,14 +21,3 @@ A text tower trained from scratch on such reports has never seen the words of op
 templates ("ecg shows …"); averaging them in adds untrained token embeddings to every class prompt
 (measured on the synthetic test split: macro AUROC 0.896 with `models.zero_shot.DEFAULT_TEMPLATES`,
 0.909 with these)."""
-
-
-def present_classes(label_lists: Iterable[Sequence[str]], table: dict[str, ZeroShotClass] = LABEL_TABLE) -> list[str]:
-    """Codes of `table` that are positive in at least one and negative in at least one of the rows
-    (AUROC is defined only for those), in table order."""
-    rows = 0
-    positives: Counter[str] = Counter()
-    for labels in label_lists:
-        rows += 1
-        positives.update(set(labels))
-    return [code for code in table if 0 < positives[code] < rows]

@@ -18,7 +18,6 @@ its own raw code too), or CSV with columns `code,name,description` and optionall
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from models.zero_shot import ZeroShotClass, class_prompts
-from pipelines.evaluation.classes import LABEL_TABLE, REPORT_TEMPLATES
+from pipelines.labels.classes import LABEL_TABLE, REPORT_TEMPLATES
+from pipelines.labels.table_files import TABLES_DIR, read_json, read_table
 
-TABLES = Path(__file__).parent / "tables"
 TASK_NAMES = ("ptbxl-super", "ptbxl-sub", "ptbxl-form", "ptbxl-rhythm", "cinc", "synthetic")
 PUBLISHED = {
     "ptbxl-super": {"MERL": 74.2, "C-MELT": 76.2},
@@ -75,13 +74,19 @@ class Task:
                 targets[i, index[code]] = True
         return targets
 
+    def present_codes(self, label_lists: Sequence[Iterable[str]]) -> list[str]:
+        """Codes with at least one positive and one negative among the rows (AUROC is defined only for
+        those), in task order."""
+        counts = self.targets(label_lists).sum(axis=0)
+        return [code for code, count in zip(self.codes, counts) if 0 < count < len(label_lists)]
+
     def prompts_of(self, code: str) -> list[str]:
         """The prompts whose embeddings are averaged into class `code`'s zero-shot weight."""
         return list(self.prompts.get(code) or class_prompts(self.classes[code], self.templates))
 
     def with_prompts(self, path: str | os.PathLike) -> Task:
         """Replace the prompts of the classes named in a JSON file `{code: [prompt, ...]}`."""
-        data = _read_json(Path(path))
+        data = read_json(Path(path))
         if not isinstance(data, dict) or not data:
             raise ValueError(f"{path}: a prompt file is a JSON object {{class code: [prompt, ...]}}")
         prompts = {}
@@ -114,8 +119,8 @@ def _builtin(name: str) -> Task:
     if name == "synthetic":
         return Task("synthetic", dict(LABEL_TABLE), {code: (code,) for code in LABEL_TABLE})
     if name == "cinc":
-        return _from_json(TABLES / "cinc.json", name="cinc", published=PUBLISHED["cinc"])
-    table = _read_json(TABLES / "ptbxl.json")
+        return _from_json(TABLES_DIR / "cinc.json", name="cinc", published=PUBLISHED["cinc"])
+    table = read_table("ptbxl")
     statements = table["statements"]
     if name in ("ptbxl-super", "ptbxl-sub"):
         level, key = (
@@ -142,7 +147,7 @@ def _builtin(name: str) -> Task:
 
 
 def _from_json(path: Path, name: str | None = None, published: dict[str, float] | None = None) -> Task:
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("classes"), dict) or not data["classes"]:
         raise ValueError(f"{path}: a class table needs a non-empty 'classes' object {{code: {{name, description}}}}")
     classes = {}
@@ -197,10 +202,3 @@ def _label_map(
             raise ValueError(f"{path}: label_map entry {raw!r} names unknown class(es) {', '.join(unknown)}")
         label_map[raw] = tuple(dict.fromkeys([*label_map.get(raw, ()), *codes]))
     return label_map
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a readable JSON file: {error}") from None

@@ -1,5 +1,5 @@
 """Zero-shot scoring of ECG embeddings against a task's class prompts: shared by validation during
-pretraining, `pipelines.evaluate`, the Serve app and batch scoring."""
+pretraining and `pipelines.evaluate`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from models.zero_shot import classifier_from_prompts, zero_shot_scores
-from pipelines.evaluation.metrics import auroc_per_class
-from pipelines.evaluation.tasks import Task, load_task
+from pipelines.labels.metrics import auroc_per_class
+from pipelines.labels.tasks import Task
 
 
 def task_classifier(model, task: Task, codes: Sequence[str]) -> torch.Tensor:
@@ -26,12 +26,10 @@ def task_scores(model, task: Task, codes: Sequence[str], embeddings: np.ndarray)
 
 
 def zero_shot_auroc(
-    model, embeddings: np.ndarray, labels: Sequence[Sequence[str]], codes: Sequence[str], task: Task | None = None
+    model, embeddings: np.ndarray, labels: Sequence[Sequence[str]], codes: Sequence[str], task: Task
 ) -> dict[str, float]:
     """AUROC per class code of `embeddings` [n, D] scored against the prompts of `codes` (classes of
-    `task`, by default the synthetic label table), `labels` each row's raw codes; codes without a
-    positive and a negative are left out."""
-    task = task or load_task("synthetic")
+    `task`), `labels` each row's raw codes; codes without a positive and a negative are left out."""
     return auroc_per_class(
         task_scores(model, task, codes, embeddings), task.targets(labels)[:, _columns(task, codes)], codes
     )

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipelines.data.reports import join_statements
+from pipelines.labels.table_files import read_table
 
 
 @dataclass(frozen=True)
@@ -34,35 +35,8 @@ class Statement:
     """PTB-XL's 'Statement Category' text."""
 
 
-_IMPULSE = "Statements related to impulse formation (abnormalities)"
-_CONDUCTION = "Intraventricular and intra-atrial Conduction disturbances"
-_ST_T = "Basic roots for coding ST-T changes and abnormalities"
-_QRS = "Other QRS morphology descriptive statements"
-
-# Report order: rhythm, conduction, axis, voltage, ST-T, ectopy; NORM is the closing summary.
-STATEMENTS: tuple[Statement, ...] = (
-    Statement("SR", "sinus rhythm", "rhythm", "rhythm", scp_category=_IMPULSE),
-    Statement("SBRAD", "sinus bradycardia", "rhythm", "rhythm", scp_category=_IMPULSE),
-    Statement("STACH", "sinus tachycardia", "rhythm", "rhythm", scp_category=_IMPULSE),
-    Statement("AFIB", "atrial fibrillation", "rhythm", "rhythm", scp_category=_IMPULSE),
-    Statement(
-        "1AVB", "first degree AV block", "conduction", "diagnostic", "CD", "_AVB",
-        "Sinus node dysfunction, atrial and AV-conduction defects",
-    ),
-    Statement("CLBBB", "complete left bundle branch block", "conduction", "diagnostic", "CD", "CLBBB", _CONDUCTION),
-    Statement("CRBBB", "complete right bundle branch block", "conduction", "diagnostic", "CD", "CRBBB", _CONDUCTION),
-    Statement("LAD", "left axis deviation", "axis", "form", scp_category="Axis statements"),
-    Statement("RAD", "right axis deviation", "axis", "form", scp_category="Axis statements"),
-    Statement("LVOLT", "low QRS voltages in the frontal and horizontal leads", "voltage", "form", scp_category=_QRS),
-    Statement("STE_", "non-specific ST elevation", "st-t", "form", scp_category=_ST_T),
-    Statement("STD_", "non-specific ST depression", "st-t", "form", scp_category=_ST_T),
-    Statement("INVT", "inverted T-waves", "st-t", "form", scp_category="other ST-T descriptive statements"),
-    Statement(
-        "PVC", "ventricular premature complex", "ectopy", "form",
-        scp_category="Statements related to ectopic rhythm abnormalities",
-    ),
-    Statement("NORM", "normal ECG", "summary", "diagnostic", "NORM", "NORM", "Normal/abnormal"),
-)
+STATEMENTS: tuple[Statement, ...] = tuple(Statement(**row) for row in read_table("synthetic")["statements"])
+"""In report order: rhythm, conduction, axis, voltage, ST-T, ectopy; NORM is the closing summary."""
 CODES: tuple[str, ...] = tuple(s.code for s in STATEMENTS)
 CODE_INDEX: dict[str, int] = {code: i for i, code in enumerate(CODES)}
 

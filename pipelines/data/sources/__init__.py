@@ -9,91 +9,23 @@ are rejected here, with the reason, so that records in = kept + rejected holds f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
-import pandas as pd
+from pipelines.data.sources import mimic, ptbxl, wfdb_folder
+from pipelines.data.sources.listing import LISTING_COLUMNS, REJECTED_COLUMNS, Listing, SourceOptions
 
-LISTING_COLUMNS = ["ecg_id", "patient_id", "record_path", "report", "labels", "split", "source", "expected_fs"]
-"""record_path: record without extension; report: raw text (None: taken from the header comments);
-split: None means decided from the header (wfdb folders); expected_fs: the rate the layout implies."""
+__all__ = ["LISTING_COLUMNS", "REJECTED_COLUMNS", "Listing", "SourceOptions", "list_source"]
 
-REJECTED_COLUMNS = ["ecg_id", "source", "record_path", "reason"]
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """What a source needs to know to list an archive."""
-
-    input: Path
-    report: Literal["raw", "labels"] | None = None
-    """raw: the archive's report text; labels: English built from label descriptions; None: the
-    source's default (labels for PTB-XL, whose raw reports are mostly German; raw otherwise)."""
-    fs: int = 500
-    """Target rate; PTB-XL reads records500 above 100 Hz, records100 otherwise."""
-    limit: int | None = None
-    """List only the first N rows of the archive's index (for trials and tests)."""
-    seed: int = 0
-    """Seed of the hashed patient splits (MIMIC-IV-ECG, WFDB folders)."""
-    source_name: str | None = None
-    """The `source` column and ecg_id prefix; default per source (ptbxl, mimic-iv-ecg, wfdb)."""
-
-
-@dataclass
-class Listing:
-    """A source's record list and what it rejected while listing."""
-
-    records: pd.DataFrame
-    rejected: list[dict] = field(default_factory=list)
-
-    @property
-    def records_in(self) -> int:
-        return len(self.records) + len(self.rejected)
-
-
-def reject_duplicate_ids(rows: pd.DataFrame, rejected: list[dict]) -> pd.DataFrame:
-    """Keep the first row of each ecg_id; every repeat becomes a rejection naming the first."""
-    duplicated = rows["ecg_id"].duplicated(keep="first")
-    first_position = {ecg_id: i for i, ecg_id in reversed(list(enumerate(rows["ecg_id"])))}
-    for row in rows[duplicated].itertuples():
-        rejected.append(
-            {
-                "ecg_id": row.ecg_id,
-                "source": row.source,
-                "record_path": row.record_path,
-                "reason": f"duplicate ecg_id {row.ecg_id} (first listed at index row {first_position[row.ecg_id] + 1})",
-            }
-        )
-    return rows[~duplicated].reset_index(drop=True)
-
-
-def require_files(folder: Path, names: list[str], layout: str) -> list[Path]:
-    """The paths of `names` in `folder`; a ValueError naming the first that is missing."""
-    paths = [folder / name for name in names]
-    for path in paths:
-        if not path.is_file():
-            raise ValueError(f"{folder} is not a {layout} folder: {path.name} is missing")
-    return paths
-
-
-def require_columns(table: pd.DataFrame, columns: list[str], file: Path) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"{file} lacks required columns: {', '.join(missing)}")
+LISTERS: dict[str, Callable[[SourceOptions], Listing]] = {
+    "ptbxl": ptbxl.list_records,
+    "mimic": mimic.list_records,
+    "wfdb": wfdb_folder.list_records,
+}
 
 
 def list_source(name: str, options: SourceOptions) -> Listing:
     """The record list of archive `options.input` in layout `name` (ptbxl, mimic or wfdb)."""
-    from pipelines.data.sources import mimic, ptbxl, wfdb_folder
-
-    listers: dict[str, Callable[[SourceOptions], Listing]] = {
-        "ptbxl": ptbxl.list_records,
-        "mimic": mimic.list_records,
-        "wfdb": wfdb_folder.list_records,
-    }
-    if name not in listers:
-        raise ValueError(f"unknown source {name!r}; expected one of {', '.join(listers)}")
+    if name not in LISTERS:
+        raise ValueError(f"unknown source {name!r}; expected one of {', '.join(LISTERS)}")
     if not options.input.is_dir():
         raise ValueError(f"input {options.input} is not a directory")
-    return listers[name](options)
+    return LISTERS[name](options)

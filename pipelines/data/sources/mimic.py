@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pipelines.data.reports import join_statements
-from pipelines.data.sources import (
+from pipelines.data.sources.listing import (
     LISTING_COLUMNS,
     Listing,
     SourceOptions,

@@ -11,7 +11,7 @@ import ast
 import pandas as pd
 
 from pipelines.data.reports import join_statements
-from pipelines.data.sources import (
+from pipelines.data.sources.listing import (
     LISTING_COLUMNS,
     Listing,
     SourceOptions,

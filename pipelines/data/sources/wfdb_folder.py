@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipelines.data.sources import LISTING_COLUMNS, Listing, SourceOptions
+from pipelines.data.sources.listing import LISTING_COLUMNS, Listing, SourceOptions
 from pipelines.data.splits import hashed_split
 
 METADATA_KEYS = {"age", "sex", "rx", "hx", "sx"}
