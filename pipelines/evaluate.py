@@ -20,18 +20,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.config import parse_override
 from pipelines.evaluation.finetune import FINETUNE_DEFAULTS
 from pipelines.evaluation.report import write_report
 from pipelines.evaluation.suite import MODES, evaluate_export
-from pipelines.evaluation.tasks import TASK_NAMES, load_task
+from pipelines.labels.tasks import TASK_NAMES, load_task
+from pipelines.logs import init_ray, setup_logging
+from pipelines.training.overrides import parse_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an export folder (RUN_DIR/export)")
     parser.add_argument("--data", required=True, help="folder of prepared shards with a labels column")
-    parser.add_argument("--task", default="synthetic", help=f"{', '.join(TASK_NAMES)}, or a class table file")
+    parser.add_argument(
+        "--task", help=f"{', '.join(TASK_NAMES)}, or a class table file (default: the task the export was validated on)"
+    )
     parser.add_argument("--mode", nargs="+", default=["zero-shot"], choices=MODES, help="what to measure")
     parser.add_argument("--output", required=True, help="folder for metrics.json, report.md and plots")
     parser.add_argument("--split", default="test", help="the split scored (default test)")
@@ -47,29 +50,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        task = load_task(args.task)
-        if args.prompts:
-            task = task.with_prompts(args.prompts)
-        finetune_config = _finetune_config(args)
+        if args.task:
+            load_task(args.task)  # a bad name or table fails here, before anything runs
+        finetune_config = FINETUNE_DEFAULTS.with_overrides(
+            {**parse_overrides(args.overrides, sections=("train",)).train, **_flags(args)}
+        )
     except ValueError as error:
         parser.error(str(error))
-    if "finetune" in args.mode:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=args.address)
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    results, curves = evaluate_export(
-        args.model,
-        args.data,
-        task,
-        args.mode,
-        output,
-        split=args.split,
-        baselines=not args.no_baselines,
-        finetune_config=finetune_config,
-    )
+    setup_logging(output / "logs" / "evaluate.log")
+    if "finetune" in args.mode:
+        init_ray(args.address)
+    try:
+        results, curves = evaluate_export(
+            args.model,
+            args.data,
+            args.task,
+            args.mode,
+            output,
+            prompts=args.prompts,
+            split=args.split,
+            baselines=not args.no_baselines,
+            finetune_config=finetune_config,
+        )
+    except ValueError as error:  # the export, the shards or the task do not fit together
+        parser.error(str(error))
     (output / "metrics.json").write_text(json.dumps(results, indent=2))
     write_report(results, curves, output)
     _print_headline(results)
@@ -77,15 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _finetune_config(args: argparse.Namespace):
-    overrides = {}
-    for override in args.overrides:
-        if not override.startswith("train."):
-            raise ValueError(f"override {override!r}: only train.field=value overrides apply to evaluation")
-        overrides.update([parse_override(override.removeprefix("train."))])
-    if args.workers is not None:
-        overrides["workers"] = args.workers
-    return FINETUNE_DEFAULTS.with_overrides(overrides)
+def _flags(args: argparse.Namespace) -> dict:
+    return {"workers": args.workers} if args.workers is not None else {}
 
 
 def _print_headline(results: dict) -> None:

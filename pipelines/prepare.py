@@ -17,7 +17,7 @@ that every node mounts at the same path.
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,11 +25,15 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 
+from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.records import RecordOptions, prepare_batch
 from pipelines.data.shard_sink import ShardSink
 from pipelines.data.sources import Listing, SourceOptions, list_source
+from pipelines.logs import init_ray, setup_logging
 from pipelines.progress import ProgressLine
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("ptbxl", "mimic", "wfdb", "synthetic")
 OUTPUT_FILES = ("manifest.json", "rejected.parquet")
@@ -53,10 +57,11 @@ def prepare(
         listing = list_source("ptbxl", options)
     else:
         listing = list_source(source, options)
-    print(
-        f"prepare: listed {listing.records_in:,} records from {options.input} "
-        f"({len(listing.rejected):,} rejected while listing)",
-        file=sys.stderr,
+    log.info(
+        "prepare: listed %s records from %s (%s rejected while listing)",
+        f"{listing.records_in:,}",
+        options.input,
+        f"{len(listing.rejected):,}",
     )
     if not ray.is_initialized():
         ray.init()
@@ -71,7 +76,7 @@ def prepare(
             "source": source,
             "input": str(options.input),
             "report": options.report,
-            "preprocessing": preprocess.to_dict(),
+            "preprocessing": {**preprocess.to_dict(), "leads": list(STANDARD_LEADS)},
             "record_rules": asdict(records),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
@@ -109,7 +114,7 @@ def generate_synthetic(spec: str, raw_dir: Path) -> Path:
     started = time.time()
     generate_ptbxl_layout(raw_dir, config, map_fn=_ray_map)
     elapsed = time.time() - started
-    print(f"prepare: generated {config.n:,} synthetic ECGs in {elapsed:.1f} s → {raw_dir}", file=sys.stderr)
+    log.info("prepare: generated %s synthetic ECGs in %.1f s → %s", f"{config.n:,}", elapsed, raw_dir)
     return raw_dir
 
 
@@ -175,16 +180,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.min_report_words < 0:
         parser.error(f"--min-report-words must be 0 or more, got {args.min_report_words}")
     output = _output_location(args.output, args.overwrite, parser)
+    setup_logging(None if "://" in output else Path(output) / "logs" / "prepare.log")
     if args.source == "synthetic":
         if not (args.input.isdigit() and int(args.input) > 0) and not Path(args.input).is_file():
             parser.error(f"--input for synthetic must be a positive number of ECGs or a config file, got {args.input!r}")
         raw_dir = Path(args.raw_dir or f"{args.output.rstrip('/')}-wfdb").absolute()
-        ray.init()
+        init_ray()
         input_dir = generate_synthetic(args.input, raw_dir)
     else:
         input_dir = Path(args.input).absolute()
         if not input_dir.is_dir():
             parser.error(f"--input {args.input} is not a directory")
+    if not ray.is_initialized():
+        init_ray()
     options = SourceOptions(input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed)
     try:
         manifest = prepare(

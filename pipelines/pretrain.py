@@ -13,25 +13,33 @@ checkpoint. `pipelines.pretrain_lm` is MELP's stage 1 (masked-LM on report text)
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from models.config import OBJECTIVES, ModelConfig, available_configs, parse_override
+from models.config import ModelConfig, available_configs
 from models.factory import resolve_config
+from models.objectives import objective_names
+from pipelines.logs import init_ray, setup_logging
 from pipelines.training.config import TrainConfig
-from pipelines.training.launch import pretrain
+from pipelines.training.launch import LOGS_DIR, check_run, pretrain
+from pipelines.training.overrides import parse_overrides
+
+log = logging.getLogger("pipelines.pretrain")
 
 
-def build_parser(description: str = __doc__, objectives: Sequence[str] = OBJECTIVES) -> argparse.ArgumentParser:
+def build_parser(description: str = __doc__, objectives: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data", required=True, nargs="+", help="folder(s) of prepared shards (pipelines.prepare output), read as one"
     )
-    parser.add_argument("--output", required=True, help="run directory: checkpoints, metrics, export/")
+    parser.add_argument("--output", required=True, help="run directory: checkpoints, metrics, logs/, export/")
     parser.add_argument(
         "--config", default="tiny", help=f"named model config ({', '.join(available_configs())}) or a JSON file"
     )
-    parser.add_argument("--objective", choices=objectives, help="objective (default: the config's)")
+    parser.add_argument("--objective", choices=objectives or objective_names(), help="objective (default: the config's)")
+    parser.add_argument("--task", default="synthetic", help="label task whose classes validation scores zero-shot")
     parser.add_argument("--workers", type=int, help="Ray Train workers (train.workers)")
     parser.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3 (train.zero_stage)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps in all (train.max_steps)")
@@ -44,22 +52,38 @@ def build_parser(description: str = __doc__, objectives: Sequence[str] = OBJECTI
 
 
 def resolve(args: argparse.Namespace, objective: str | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """Both configs from the command line; every error is a ValueError that names the field."""
-    model_overrides = [o for o in args.overrides if not o.startswith("train.")]
-    train_overrides = dict(parse_override(o.removeprefix("train.")) for o in args.overrides if o.startswith("train."))
+    """Both configs from the command line, checked against the data; every error is a ValueError that
+    names the field."""
+    overrides = parse_overrides(args.overrides)
     flags = {"workers": args.workers, "zero_stage": args.zero_stage, "max_steps": args.max_steps, "epochs": args.epochs}
-    train_overrides.update({k: v for k, v in flags.items() if v is not None})
-    model_config = resolve_config(args.config, objective or args.objective, model_overrides)
+    train_overrides = {**overrides.train, **{k: v for k, v in flags.items() if v is not None}}
+    model_config = resolve_config(args.config, objective or args.objective, overrides.model)
+    check_run(args.data, model_config, args.task)
     return model_config, TrainConfig().with_overrides(train_overrides)
 
 
 def run(args: argparse.Namespace, model_config: ModelConfig, train_config: TrainConfig) -> dict:
-    import ray
-
-    ray.init(address=args.address)
+    setup_logging(Path(args.output) / LOGS_DIR / "pretrain.log")
+    init_ray(args.address)
     return pretrain(
-        args.data, args.output, model_config, train_config, val_rows=args.val_rows, overwrite=args.overwrite
+        args.data,
+        args.output,
+        model_config,
+        train_config,
+        task=args.task,
+        val_rows=args.val_rows,
+        overwrite=args.overwrite,
     )
+
+
+def print_summary(metrics: dict) -> None:
+    """The final table: the best checkpoint's figures."""
+    best = metrics["best"]
+    rows = [("selected by", metrics["selected_by"]), ("best checkpoint", metrics["best_checkpoint"])]
+    rows += [(name, f"{best[name]:.4f}") for name in sorted(best) if name.startswith("val_") and "/" not in name]
+    rows += [("steps", f"{metrics['total_steps']:,}"), ("wall time", f"{metrics['elapsed_seconds']:.0f} s")]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,11 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_config, train_config = resolve(args)
     except ValueError as error:
         parser.error(str(error))
-    metrics = run(args, model_config, train_config)
-    best = metrics["best"]
-    print(
-        f"best {metrics['selected_by']}: {best.get(metrics['selected_by'], float('nan')):.4f} at step {best.get('step')}"
-    )
+    print_summary(run(args, model_config, train_config))
     return 0
 
 

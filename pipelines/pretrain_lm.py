@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pipelines.pretrain import build_parser, resolve, run
+from pipelines.pretrain import build_parser, print_summary, resolve, run
 from pipelines.training.launch import EXPORT_DIR, TEXT_ENCODER_DIR
 
 OBJECTIVE = "melp-lm"
@@ -27,11 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_config, train_config = resolve(args, objective=OBJECTIVE)
     except ValueError as error:
         parser.error(str(error))
-    metrics = run(args, model_config, train_config)
-    print(
-        f"best val_loss {metrics['best'].get('val_loss', float('nan')):.4f}; "
-        f"text encoder: {args.output}/{EXPORT_DIR}/{TEXT_ENCODER_DIR}"
-    )
+    print_summary(run(args, model_config, train_config))
+    print(f"text encoder: {args.output}/{EXPORT_DIR}/{TEXT_ENCODER_DIR}")
     return 0
 
 

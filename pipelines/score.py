@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -24,8 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from models.model import ECGTextModel
+from pipelines.data.shard_sink import REJECTED_SCHEMA
 from pipelines.data.sources import SourceOptions, list_source
+from pipelines.data.trained_with import TrainedWith
+from pipelines.logs import init_ray, setup_logging
 from pipelines.serving.batch import ScoreUnits, unit_done
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("shards", "ptbxl", "mimic", "wfdb")
 
@@ -57,7 +64,7 @@ def work_units(input_path: Path, source: str, part_size: int) -> tuple[list[dict
         }
         for start in range(0, len(records), part_size)
     ]
-    rejected = pa.Table.from_pandas(listing.rejected, preserve_index=False) if len(listing.rejected) else None
+    rejected = pa.Table.from_pylist(listing.rejected, schema=REJECTED_SCHEMA) if listing.rejected else None
     return units, rejected, listing.records_in
 
 
@@ -67,22 +74,25 @@ def score(
     output: str,
     *,
     source: str = "shards",
-    task: str = "synthetic",
+    task: str | None = None,
     labels: list[str] | None = None,
     batch_size: int = 64,
     part_size: int = 1000,
     embeddings: bool = False,
     actors: int = 1,
 ) -> dict:
-    """Score every unit not yet written; returns the summary also written to `summary.json`."""
+    """Score every unit not yet written; returns the summary also written to `summary.json`. Archives are
+    preprocessed as the export's training data was; shards must have been prepared that way (checked)."""
     started = time.time()
+    if source == "shards":
+        TrainedWith.of_model(ECGTextModel.from_pretrained(model_dir, load_weights=False)).check_shards([input_path])
     output_dir = Path(output).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     units, listing_rejected, records_in = work_units(Path(input_path).resolve(), source, part_size)
     todo = [unit for unit in units if not unit_done(output_dir, unit["unit"])]
     if listing_rejected is not None:
         pq.write_table(listing_rejected, output_dir / "rejected_listing.parquet")
-    print(f"score: {len(units)} units, {len(units) - len(todo)} already done, {len(todo)} to score", file=sys.stderr)
+    log.info("score: %d units, %d already done, %d to score", len(units), len(units) - len(todo), len(todo))
     if todo:
         if not ray.is_initialized():
             ray.init()
@@ -120,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="prepared shards, or an archive with --source")
     parser.add_argument("--output", required=True, help="output folder (rerun with it to continue)")
     parser.add_argument("--source", default="shards", choices=SOURCES, help="input layout (default: shards)")
-    parser.add_argument("--task", default="synthetic", help="label set when --labels is not given")
+    parser.add_argument("--task", help="label set when --labels is not given (default: the export's validation task)")
     parser.add_argument("--labels", help="JSON list of class codes or prompts to score")
     parser.add_argument("--batch-size", type=int, default=64, help="ECGs per forward")
     parser.add_argument("--part-size", type=int, default=1000, help="archive records per output part")
@@ -136,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--labels {args.labels}: {error}")
     except ValueError as error:
         parser.error(str(error))
-    ray.init(address=args.address)
+    setup_logging(Path(args.output) / "logs" / "score.log")
+    init_ray(args.address)
     summary = score(
         args.model,
         args.input,

@@ -25,6 +25,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.data.rejection import RecordRejected
+from pipelines.logs import init_ray, setup_logging
 from pipelines.serving.requests import ECGRequest, RequestProblem, ScoreRequest, recordings
 from pipelines.serving.scorer import Scorer
 
@@ -81,7 +82,7 @@ class ScoringService:
     """One replica: the export loaded once, ECGs of concurrent requests embedded together."""
 
     def __init__(
-        self, model_dir: str, task: str = "synthetic", token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
+        self, model_dir: str, task: str | None = None, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
     ) -> None:
         self.scorer = Scorer(model_dir, task)
         app.state.token = token
@@ -95,7 +96,7 @@ class ScoringService:
 
     async def _embed_request(self, body: ECGRequest) -> tuple[list[str], np.ndarray, list[list[str]]]:
         prepared = []
-        for index, recording in enumerate(recordings(body, MAX_ECGS)):
+        for index, recording in enumerate(recordings(body, MAX_ECGS, self.scorer.preprocess_config)):
             try:
                 prepared.append(self.scorer.prepare(recording))
             except RecordRejected as rejected:
@@ -136,28 +137,29 @@ class ScoringService:
 
 
 def app_builder(args: dict) -> serve.Application:
-    """`serve run` entry (cluster/serve.yaml): args model, task, replicas, cpus_per_replica (torch's threads
-    in each replica; default 1), gpus_per_replica; the token from
-    the environment."""
+    """`serve run` entry (cluster/serve.yaml): args model, task (default: the export's), replicas,
+    cpus_per_replica (torch's threads in each replica; default 1), gpus_per_replica; the token from the
+    environment."""
     options = {"num_cpus": float(args.get("cpus_per_replica", 1)), "num_gpus": float(args.get("gpus_per_replica", 0))}
     return ScoringService.options(num_replicas=int(args.get("replicas", 1)), ray_actor_options=options).bind(
-        args["model"], args.get("task", "synthetic"), args.get("token") or os.environ.get(TOKEN_ENV) or None
+        args["model"], args.get("task"), args.get("token") or os.environ.get(TOKEN_ENV) or None
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an export folder (RUN_DIR/export or SWEEP_DIR/best)")
-    parser.add_argument("--task", default="synthetic", help="the label set served by default (a task name or table)")
+    parser.add_argument(
+        "--task", help="the label set served by default, a task name or table (default: the export's validation task)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--cpus-per-replica", type=int, default=1, help="CPUs (and torch threads) per replica")
     parser.add_argument("--address", help="Ray cluster address (default: a local one)")
     args = parser.parse_args(argv)
-    import ray
-
-    ray.init(address=args.address)
+    setup_logging()
+    init_ray(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(
         app_builder(

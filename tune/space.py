@@ -18,6 +18,8 @@ from typing import Any
 
 from ray import tune
 
+from models.objectives import objective_class, objective_names
+
 Spec = dict[str, list | Any]
 """One distribution: {kind: arguments}."""
 
@@ -25,33 +27,10 @@ COMMON: dict[str, Spec] = {
     "train.lr": {"loguniform": [3e-4, 3e-3]},
     "ecg.lead_drop_prob": {"uniform": [0.0, 0.3]},
 }
-DEFAULT_SPACES: dict[str, dict[str, Spec]] = {
-    "melp": {
-        **COMMON,
-        "objective.init_temperature": {"loguniform": [0.02, 0.2]},
-        "objective.learn_temperature": {"choice": [True, False]},
-        "objective.rhythm_weight": {"uniform": [0.5, 2.0]},
-        "objective.token_weight": {"uniform": [0.5, 4.0]},
-        "objective.beat_weight": {"loguniform": [0.05, 1.0]},
-    },
-    "cmelt": {
-        **COMMON,
-        "objective.siglip_init_scale": {"loguniform": [3.0, 30.0]},
-        "objective.learn_temperature": {"choice": [True, False]},
-        "objective.ecg_mask_ratio": {"uniform": [0.5, 0.9]},
-        "objective.text_mask_ratio": {"uniform": [0.1, 0.4]},
-        "objective.mem_weight": {"uniform": [0.25, 2.0]},
-        "objective.mlm_weight": {"uniform": [0.25, 2.0]},
-        "objective.itm_weight": {"uniform": [0.25, 2.0]},
-        "objective.contrastive_weight": {"uniform": [0.25, 2.0]},
-    },
-    "mets": {
-        **COMMON,
-        "objective.init_temperature": {"loguniform": [0.02, 0.2]},
-        "objective.learn_temperature": {"choice": [True, False]},
-    },
-}
-"""C-MELT's temperature is SigLIP's initial logit scale (1 / temperature)."""
+"""Swept for every objective; each objective adds its own `sweep_space` (models/objectives/)."""
+SWEEPABLE: tuple[str, ...] = tuple(name for name in objective_names() if objective_class(name).reads_signals)
+"""Objectives a sweep can rank: those whose validation has a zero-shot AUROC (they read the ECGs)."""
+
 
 KINDS = {
     "uniform": lambda args: tune.uniform(*args),
@@ -63,9 +42,9 @@ KINDS = {
 
 def load_space(objective: str, path: str | os.PathLike | None = None) -> dict[str, Spec]:
     """The objective's default space, updated field by field from a YAML / JSON file."""
-    if objective not in DEFAULT_SPACES:
-        raise ValueError(f"no search space for objective {objective!r}; spaces exist for {', '.join(DEFAULT_SPACES)}")
-    space = dict(DEFAULT_SPACES[objective])
+    if objective not in SWEEPABLE:
+        raise ValueError(f"no search space for objective {objective!r}; sweeps rank {', '.join(SWEEPABLE)}")
+    space = {**COMMON, **objective_class(objective).sweep_space}
     if path is not None:
         space.update(_read_space_file(Path(path)))
     return space

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -27,12 +28,16 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from models.config import OBJECTIVES, available_configs, parse_override
+from models.config import available_configs
 from models.factory import resolve_config
+from pipelines.logs import init_ray, setup_logging
 from pipelines.training.config import TrainConfig
+from pipelines.training.overrides import parse_overrides
 from tune.results import METRIC, copy_best, plot_metric_against_parameters, trial_rows, write_tables
-from tune.space import load_space, swept_fields, to_param_space
+from tune.space import SWEEPABLE, load_space, swept_fields, to_param_space
 from tune.trial import SweepSpec, run_trial
+
+log = logging.getLogger(__name__)
 
 TUNE_DIR, TRIALS_DIR, BEST_DIR = "sweep", "trials", "best"
 TRIAL_DRIVER_CPU = 0.1
@@ -135,7 +140,7 @@ def sweep(
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec.to_dict()), {"CPU": TRIAL_DRIVER_CPU})
     tune_path = output / TUNE_DIR
     if tune.Tuner.can_restore(str(tune_path)):
-        print(f"sweep: resuming {tune_path}", file=sys.stderr)
+        log.info("sweep: resuming %s", tune_path)
         tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=False)
     else:
         tuner = tune.Tuner(
@@ -159,10 +164,14 @@ def sweep(
                 name=TUNE_DIR, storage_path=str(output), failure_config=tune.FailureConfig(max_failures=0)
             ),
         )
-    print(
-        f"sweep: {objective} on {', '.join(spec.data)}; {concurrent} trial(s) at once × {workers_per_trial} "
-        f"worker(s) of {cpus_per_worker:g} CPU; swept: {', '.join(swept_fields(space))}",
-        file=sys.stderr,
+    log.info(
+        "sweep: %s on %s; %d trial(s) at once × %d worker(s) of %g CPU; swept: %s",
+        objective,
+        ", ".join(spec.data),
+        concurrent,
+        workers_per_trial,
+        cpus_per_worker,
+        ", ".join(swept_fields(space)),
     )
     result_grid = tuner.fit()
     rows = trial_rows(result_grid, swept_fields(space), output / TRIALS_DIR)
@@ -186,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=8, help="trials (× the grid, where there is one)")
     parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial")
     parser.add_argument("--config", default="tiny", help=f"model config ({', '.join(available_configs())}) or file")
-    parser.add_argument("--objective", default="melp", choices=[o for o in OBJECTIVES if o != "melp-lm"])
+    parser.add_argument("--objective", default="melp", choices=SWEEPABLE)
     parser.add_argument("--search", default="random", choices=SEARCHES)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (ASHA's max)")
     parser.add_argument("--grace-epochs", type=int, default=1, help="epochs before ASHA may stop a trial")
@@ -196,16 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="train.field=value", help="base training config overrides")
     args = parser.parse_args(argv)
     try:
-        if any(not o.startswith("train.") for o in args.overrides):
-            raise ValueError("only train.field=value overrides apply to every trial; sweep model fields in --space")
-        train = {"epochs": args.epochs, **dict(parse_override(o.removeprefix("train.")) for o in args.overrides)}
+        train = {"epochs": args.epochs, **parse_overrides(args.overrides, sections=("train",)).train}
         TrainConfig().with_overrides({"workers": args.workers_per_trial, **train})
         resolve_config(args.config, args.objective)
         space = load_space(args.objective, args.space)
         search_algorithm(args.search, as_grid(space) if args.search == "grid" else space)
     except ValueError as error:
         parser.error(str(error))
-    ray.init(address=args.address)
+    setup_logging(Path(args.output) / "logs" / "sweep.log")
+    init_ray(args.address)
     summary = sweep(
         args.data,
         args.output,
@@ -223,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"trials: {summary['trials']}; {summary['concurrent_trials']} at once")
     best = summary["best"]
     if best is None:
-        print("no trial finished: no best/ export", file=sys.stderr)
+        log.error("no trial finished: no best/ export")
         return 1
     print(f"best: {best['trial']} val macro AUROC {best['best_' + METRIC]:.4f} → {Path(args.output) / BEST_DIR}")
     return 0

@@ -19,6 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from models.factory import resolve_config
 from pipelines.training.config import TrainConfig
 from pipelines.training.launch import pretrain
+from pipelines.training.overrides import parse_overrides
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,11 @@ class SweepSpec:
         return asdict(self)
 
 
-def split_overrides(overrides: dict) -> tuple[dict, dict]:
-    """{"train.lr": …, "objective.x": …} → (model overrides, TrainConfig overrides without the prefix)."""
-    model = {field: value for field, value in overrides.items() if not field.startswith("train.")}
-    train = {field.removeprefix("train."): value for field, value in overrides.items() if field.startswith("train.")}
-    return model, train
-
-
 def run_trial(parameters: dict, spec: dict) -> None:
     """Tune function: `parameters` is `{"overrides": {section.field: value}}` sampled by Tune."""
     spec = SweepSpec(**spec)
-    model_overrides, train_overrides = split_overrides(parameters["overrides"])
-    model_config = resolve_config(spec.config, spec.objective, model_overrides)
-    train_config = TrainConfig.from_dict(spec.train).with_overrides(train_overrides)
+    overrides = parse_overrides(parameters["overrides"])
+    model_config = resolve_config(spec.config, spec.objective, overrides.model)
+    train_config = TrainConfig.from_dict(spec.train).with_overrides(overrides.train)
     run_dir = Path(spec.runs_dir) / tune.get_context().get_trial_id()
     pretrain(spec.data, run_dir, model_config, train_config, val_rows=spec.val_rows, callbacks=[TuneReportCallback()])

@@ -9,23 +9,24 @@ a call, a worker that fails is restarted from the last epoch's checkpoint.
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 import ray
-import ray.train
-from ray.train.torch import TorchTrainer
 
 from models.classifier import ECGClassifier
 from pipelines.evaluation.finetune_loop import FinetuneSpec, finetune_loop_per_worker
-from pipelines.evaluation.metrics import auroc_per_class, macro_auroc
 from pipelines.evaluation.predict import predict_split
-from pipelines.evaluation.tasks import Task
+from pipelines.labels.metrics import auroc_per_class, macro_auroc
+from pipelines.labels.tasks import Task
 from pipelines.training.checkpoints import consolidated_state_dict
 from pipelines.training.config import TrainConfig
+from pipelines.training.console import RelayedConsole
 from pipelines.training.data import split_dataset
-from pipelines.training.launch import best_checkpoint, with_cpus_per_worker
+from pipelines.training.trainer import best_checkpoint, build_trainer, with_cpus_per_worker
+
+log = logging.getLogger(__name__)
 
 FINETUNE_DEFAULTS = TrainConfig(batch_size=32, lr=3e-4, warmup_steps=10, epochs=10, checkpoints_to_keep=1)
 """Shorter warm-up and a lower learning rate than pretraining: the tower starts from trained weights."""
@@ -47,34 +48,33 @@ def finetune(export_dir: str, data: str, task: Task, output: str | Path, config:
     if steps_per_epoch < 1:
         raise ValueError(f"{data}: the train split has {n_train} rows; one step needs {config.batch_size}")
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    print(
-        f"finetune: {task.name}, {len(task.codes)} classes, {n_train:,} train rows, {total_steps} steps "
-        f"on {config.workers} workers (ZeRO-{config.zero_stage})",
-        file=sys.stderr,
+    log.info(
+        "finetune: %s, %d classes, %s train rows, %d steps on %d workers (ZeRO-%d)",
+        task.name,
+        len(task.codes),
+        f"{n_train:,}",
+        total_steps,
+        config.workers,
+        config.zero_stage,
     )
-    spec = FinetuneSpec(
-        export_dir=str(Path(export_dir).resolve()), task=task, train=config.to_dict(), total_steps=total_steps
-    )
-    trainer = TorchTrainer(
-        finetune_loop_per_worker,
-        train_loop_config=spec.to_dict(),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
-        ),
-        run_config=ray.train.RunConfig(
+    with RelayedConsole(log) as console:
+        spec = FinetuneSpec(
+            export_dir=str(Path(export_dir).resolve()),
+            task=task,
+            train=config.to_dict(),
+            total_steps=total_steps,
+            console=console.relay,
+        )
+        trainer = build_trainer(
+            finetune_loop_per_worker,
+            spec.to_dict(),
+            config,
+            storage=output,
             name=STORAGE_NAME,
-            storage_path=str(output),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=config.checkpoints_to_keep,
-                checkpoint_score_attribute="val_macro_auroc",
-                checkpoint_score_order="max",
-            ),
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-        ),
-        datasets={"train": train, "val": val},
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
-    )
-    result = trainer.fit()
+            datasets={"train": train, "val": val},
+            score=("val_macro_auroc", "max"),
+        )
+        result = trainer.fit()
     checkpoint, best_metrics = best_checkpoint(result.best_checkpoints, "val_macro_auroc", "max")
     classifier = ECGClassifier.from_pretrained_tower(export_dir, task.codes)
     with checkpoint.as_directory() as directory:

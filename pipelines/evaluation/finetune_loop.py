@@ -9,7 +9,6 @@ restarted worker resumes.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -19,15 +18,14 @@ import ray.train.torch
 import torch
 
 from models.classifier import ECGClassifier
-from pipelines.evaluation.metrics import auroc_per_class, macro_auroc
-from pipelines.evaluation.tasks import Task
+from pipelines.labels.metrics import auroc_per_class, macro_auroc
+from pipelines.labels.tasks import Task
 from pipelines.training.checkpoints import TrainingState, report_with_checkpoint, restore_latest
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import label_lists
-from pipelines.training.engine import initialize_engine, resolve_precision
+from pipelines.training.engine import DTYPES, initialize_engine, resolve_precision
 from pipelines.training.validation import gather_rows, mean_over_ranks
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VAL_BATCH_SIZE = 64
 
 
@@ -38,9 +36,11 @@ class FinetuneSpec:
     task: Task
     train: dict
     total_steps: int
+    console: object
+    """The driver's `ConsoleRelay` actor handle: rank 0's epoch lines."""
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "task": self.task}
+        return {**asdict(self), "task": self.task, "console": self.console}
 
 
 def collate_labelled(task: Task, batch: dict[str, np.ndarray], dtype: torch.dtype, device: torch.device) -> dict:
@@ -117,10 +117,8 @@ def finetune_loop_per_worker(loop_config: dict) -> None:
             validate_classifier(model, val_shard.iter_batches(batch_size=VAL_BATCH_SIZE), spec.task, dtype, device)
         )
         if rank == 0:
-            print(
+            spec.console.say.remote(
                 f"finetune: epoch {epoch} step {step}/{spec.total_steps} · train_bce_loss {metrics['train_bce_loss']:.4f}"
-                f" · val_bce_loss {metrics['val_bce_loss']:.4f} · val_macro_auroc {metrics['val_macro_auroc']:.4f}",
-                file=sys.stderr,
-                flush=True,
+                f" · val_bce_loss {metrics['val_bce_loss']:.4f} · val_macro_auroc {metrics['val_macro_auroc']:.4f}"
             )
         report_with_checkpoint(engine, metrics, TrainingState(step=step, epoch=epoch))

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from pipelines.evaluation.metrics import auroc_per_class, macro_auroc
+from pipelines.labels.metrics import auroc_per_class, macro_auroc
 
 FRACTIONS = (0.01, 0.1, 1.0)
 SEEDS = (0, 1, 2)

@@ -21,12 +21,13 @@ import pyarrow.dataset
 import torch
 
 from models.model import ECGTextModel
+from pipelines.data.trained_with import TrainedWith
 from pipelines.evaluation.finetune import FINETUNE_DEFAULTS, finetune
 from pipelines.evaluation.linear_probe import linear_probe
-from pipelines.evaluation.metrics import auroc_per_class, macro_auroc
 from pipelines.evaluation.predict import predict_split
-from pipelines.evaluation.tasks import Task
-from pipelines.evaluation.zero_shot import task_scores
+from pipelines.labels.metrics import auroc_per_class, macro_auroc
+from pipelines.labels.tasks import Task, load_task
+from pipelines.labels.zero_shot import task_scores
 from pipelines.training.config import TrainConfig
 
 MODES = ("zero-shot", "linear-probe", "finetune")
@@ -35,20 +36,28 @@ MODES = ("zero-shot", "linear-probe", "finetune")
 def evaluate_export(
     model_dir: str,
     data: str,
-    task: Task,
+    task: Task | str | None,
     modes: Sequence[str],
     output: str | Path,
     *,
+    prompts: str | Path | None = None,
     split: str = "test",
     baselines: bool = True,
     finetune_config: TrainConfig = FINETUNE_DEFAULTS,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """(results, curves): `results` is what metrics.json holds; `curves` the test scores [n, C] per
+    """Score the export on `task` (a Task, a task name or class table, or None: the task the export's
+    validation used; `prompts` replaces class prompts) over shards that must be prepared as the
+    export's training data was. (results, curves): `results` is what metrics.json holds; `curves` the test scores [n, C] per
     method (zero-shot, finetune, …) and `targets` [n, C] for the ROC plot, over `results["codes"]`."""
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     model = ECGTextModel.from_pretrained(model_dir).eval()
+    trained_with = TrainedWith.of_model(model)
+    trained_with.check_shards([data])
+    task = load_task(task or trained_with.task) if not isinstance(task, Task) else task
+    if prompts is not None:
+        task = task.with_prompts(prompts)
     test_x, test_labels = predict_split(model.encode_ecg, data, split)
     all_targets = task.targets(test_labels)  # [n, C_task]
     present = [i for i in range(len(task.codes)) if 0 < all_targets[:, i].sum() < len(all_targets)]

@@ -17,9 +17,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from pipelines.data.leads import STANDARD_LEADS, lead_index
+from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.wfdb_io import Recording
 
-MIN_FS, MAX_FS = 50.0, 20_000.0
 DTYPES = {"float32": "<f4", "float64": "<f8", "int16": "<i2"}
 
 
@@ -51,10 +51,12 @@ class RequestProblem(ValueError):
         self.status, self.field = status, field
 
 
-def recordings(request: ECGRequest, max_ecgs: int) -> list[Recording]:
-    """The request's ECGs as `Recording`s (signal float32 [leads, samples] in mV), checked."""
-    if not MIN_FS <= request.fs <= MAX_FS or not math.isfinite(request.fs):
-        raise RequestProblem(422, "fs", f"{request.fs:g} Hz is outside {MIN_FS:g}-{MAX_FS:g} Hz")
+def recordings(request: ECGRequest, max_ecgs: int, preprocessing: PreprocessConfig) -> list[Recording]:
+    """The request's ECGs as `Recording`s (signal float32 [leads, samples] in mV), checked; the rate
+    within `preprocessing`'s bounds (what prepare accepts)."""
+    low, high = preprocessing.min_fs, preprocessing.max_fs
+    if not math.isfinite(request.fs) or not low <= request.fs <= high:
+        raise RequestProblem(422, "fs", f"{request.fs:g} Hz is outside {low:g}-{high:g} Hz")
     array = _decode(request.ecg)
     if array.ndim == 2:
         array = array[None]

@@ -1,7 +1,7 @@
 """Zero-shot scoring of raw ECGs with an export: the one code path behind the Serve app and batch scoring.
 
-    scorer = Scorer("runs/sweep/best", task="synthetic")
-    prepared = scorer.prepare(Recording("ecg-1", signal_mv, 500, ["I", "II", "V1"]))   # prepare's preprocessing
+    scorer = Scorer("runs/sweep/best")          # the export's preprocessing and label task; task= overrides
+    prepared = scorer.prepare(Recording("ecg-1", signal_mv, 500, ["I", "II", "V1"]))   # as its shards were
     embeddings = scorer.embed(np.stack([prepared.signal]), np.stack([prepared.lead_mask]))   # [n, D]
     scores = scorer.scores(embeddings, ["AFIB", "sinus rhythm with a long pr interval"])    # [n, C]
 
@@ -21,8 +21,9 @@ import torch
 from models.model import ECGTextModel
 from models.zero_shot import classifier_from_prompts, zero_shot_scores
 from pipelines.data.preprocess import PreparedSignal, PreprocessConfig, preprocess
+from pipelines.data.trained_with import TrainedWith
 from pipelines.data.wfdb_io import Recording
-from pipelines.evaluation.tasks import Task, load_task
+from pipelines.labels.tasks import Task, load_task
 
 CLASSIFIER_CACHE = 256
 """Label sets whose class weights are kept."""
@@ -32,16 +33,17 @@ class Scorer:
     """An export loaded once, with its preprocessing and a cache of zero-shot classifiers."""
 
     def __init__(
-        self, model_dir: str | os.PathLike, task: str | Task = "synthetic", threads: int | None = None
+        self, model_dir: str | os.PathLike, task: str | Task | None = None, threads: int | None = None
     ) -> None:
+        """`task`: the label set served by default and the meaning of class codes (default: the task the
+        export's validation used)."""
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = ECGTextModel.from_pretrained(model_dir).eval().to(self.device)
-        self.task = task if isinstance(task, Task) else load_task(task)
-        ecg = self.model.config.ecg
-        # The preprocessing of `pipelines.prepare` at the model's own length (500 Hz, T / 500 s).
-        self.preprocess_config = PreprocessConfig(fs=500, seconds=ecg.n_samples / 500)
+        self.trained_with = TrainedWith.of_model(self.model)
+        self.preprocess_config: PreprocessConfig = self.trained_with.preprocessing
+        self.task = task if isinstance(task, Task) else load_task(task or self.trained_with.task)
         self.classifier = lru_cache(maxsize=CLASSIFIER_CACHE)(self._classifier)
 
     @property

@@ -10,6 +10,9 @@ rank reports; Ray Train gathers the folders into one checkpoint directory under 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,7 +24,10 @@ import torch.distributed as dist
 
 from models.config import ModelConfig
 from models.model import ECGTextModel
+from pipelines.data.trained_with import TrainedWith
 from pipelines.training.export_check import check_export
+
+log = logging.getLogger(__name__)
 
 TAG = "state"
 """DeepSpeed's tag (sub-folder) for the one state a Ray checkpoint holds."""
@@ -67,10 +73,18 @@ def restore_latest(engine) -> TrainingState:
 
 
 def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a checkpoint folder of any ZeRO stage (shards merged)."""
+    """Full fp32 weights from a checkpoint folder of any ZeRO stage (shards merged). DeepSpeed prints what
+    it does to stdout; that goes to the log instead of the console."""
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        state = _consolidate(Path(directory))
+    for line in printed.getvalue().splitlines():
+        log.debug("deepspeed: %s", line)
+    return state
+
+
+def _consolidate(directory: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    directory = Path(directory)
     model_states = directory / TAG / "mp_rank_00_model_states.pt"
     if model_states.is_file():
         saved = torch.load(model_states, map_location="cpu", weights_only=False)
@@ -80,11 +94,13 @@ def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 def export_checkpoint(
-    checkpoint: ray.train.Checkpoint, config: ModelConfig, output: str | Path
+    checkpoint: ray.train.Checkpoint, config: ModelConfig, trained_with: TrainedWith, output: str | Path
 ) -> tuple[ECGTextModel, float]:
-    """Rebuild the model from a training checkpoint, `save_pretrained` it to `output`, and check that the
-    export reproduces the live model's probe embeddings. Returns the model and that largest difference."""
+    """Rebuild the model from a training checkpoint, `save_pretrained` it to `output` with what it was
+    trained with, and check that the export reproduces the live model's probe embeddings. Returns the
+    model and that largest difference."""
     model = ECGTextModel(config)
+    model.trained_with = trained_with.to_dict()
     with checkpoint.as_directory() as directory:
         state = consolidated_state_dict(directory)
         missing, unexpected = model.load_state_dict(state, strict=False)

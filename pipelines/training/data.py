@@ -16,18 +16,19 @@ import numpy as np
 import ray.data
 import torch
 
+from models.objectives import objective_class
+
 TRAIN_COLUMNS = ("signal", "lead_mask", "report")
 VAL_COLUMNS = (*TRAIN_COLUMNS, "labels")
-TEXT_ONLY_OBJECTIVES = ("melp-lm",)
-"""Objectives that read report text only: their runs never read the signal columns."""
 
 
 def train_columns(objective: str) -> tuple[str, ...]:
-    return ("report",) if objective in TEXT_ONLY_OBJECTIVES else TRAIN_COLUMNS
+    """The shard columns a run of `objective` trains on: text-only objectives never read the signals."""
+    return TRAIN_COLUMNS if objective_class(objective).reads_signals else ("report",)
 
 
 def val_columns(objective: str) -> tuple[str, ...]:
-    return ("report",) if objective in TEXT_ONLY_OBJECTIVES else VAL_COLUMNS
+    return VAL_COLUMNS if objective_class(objective).reads_signals else ("report",)
 
 
 def split_dataset(shards: str | Sequence[str], split: str, columns: Sequence[str] = TRAIN_COLUMNS) -> ray.data.Dataset:

@@ -15,6 +15,9 @@ from torch import nn
 from pipelines.training.config import TrainConfig
 from pipelines.training.optimization import build_optimizer, build_scheduler
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Tensor dtype of each precision a run trains in."""
+
 
 def resolve_precision(precision: str, use_gpu: bool) -> str:
     """auto → bf16 on a GPU that has it, fp16 on one that does not, fp32 on CPU."""

@@ -14,14 +14,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipelines.evaluation.metrics import macro_auroc
-from pipelines.evaluation.zero_shot import zero_shot_auroc
+from pipelines.labels.metrics import macro_auroc
+from pipelines.labels.tasks import Task
+from pipelines.labels.zero_shot import zero_shot_auroc
 from pipelines.training.data import collate_batch, label_lists
 
 
 @torch.no_grad()
-def validate(model, batches, codes: Sequence[str], dtype: torch.dtype, device: torch.device) -> dict[str, float]:
-    """model: the module inside the engine; batches: numpy batches of VAL_COLUMNS; codes: the classes.
+def validate(
+    model, batches, task: Task, codes: Sequence[str], dtype: torch.dtype, device: torch.device
+) -> dict[str, float]:
+    """model: the module inside the engine; batches: numpy batches of VAL_COLUMNS; codes: the classes of
+    `task` scored.
 
     Returns val_<term> for each loss term, and (when `codes` is not empty) val_macro_auroc and
     val_auroc/<code> per class.
@@ -44,7 +48,7 @@ def validate(model, batches, codes: Sequence[str], dtype: torch.dtype, device: t
         dim = model.config.objective.embed_dim
         local = np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32)
         all_embeddings, all_labels = gather_rows((local, labels))
-        per_class = zero_shot_auroc(model, all_embeddings, all_labels, codes)
+        per_class = zero_shot_auroc(model, all_embeddings, all_labels, codes, task)
         metrics["val_macro_auroc"] = macro_auroc(per_class)
         metrics.update({f"val_auroc/{code}": value for code, value in per_class.items()})
     model.train(was_training)

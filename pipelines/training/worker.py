@@ -2,15 +2,18 @@
 
 `train_loop_per_worker(loop_config)` gets a `LoopSpec` as a dict (everything the driver resolved):
 the model and training configs, the planned number of optimizer steps, the zero-shot validation
-classes, and where the run directory is. A worker that was restarted after a failure, or a run
+task and classes, what the data was prepared with, where the run directory is, and the console relay
+through which rank 0's progress lines and epoch summaries reach the driver (each worker's own log
+goes to RUN_DIR/logs/worker-<rank>.log). A worker that was restarted after a failure, or a run
 resubmitted into the same run directory, starts from Ray Train's latest checkpoint; a restored
 epoch restarts its pass over the data, and the run still stops at the planned step.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -22,15 +25,17 @@ import torch
 
 from models.config import ModelConfig
 from models.model import ECGTextModel
+from pipelines.labels.tasks import Task
 from pipelines.training.checkpoints import TrainingState, report_with_checkpoint, restore_latest
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import collate_batch
-from pipelines.training.engine import initialize_engine, resolve_precision
+from pipelines.training.engine import DTYPES, initialize_engine, resolve_precision
 from pipelines.training.export_check import probe_embeddings, save_probe, take_probe
 from pipelines.training.meter import StepMeter
 from pipelines.training.validation import validate
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger(__name__)
+
 VAL_BATCH_SIZE = 64
 FAULT_MARKER = "fault-injected"
 
@@ -49,13 +54,19 @@ class LoopSpec:
     train: dict
     total_steps: int
     steps_per_epoch: int
+    val_task: Task
     val_codes: list[str]
     run_dir: str
+    trained_with: dict
+    """`TrainedWith.to_dict()`: written into every checkpoint's config.json."""
+    console: object
+    """The driver's `ConsoleRelay` actor handle."""
     fault: dict | None = None
     tensorboard: bool = True
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """A dict for `train_loop_config` (the task and the actor handle kept as they are)."""
+        return {**asdict(self), "val_task": self.val_task, "console": self.console}
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -66,6 +77,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     precision = resolve_precision(train.precision, train.use_gpu)
     dtype = DTYPES[precision]
+    worker_log = _log_to_file(Path(spec.run_dir) / "logs" / f"worker-{rank}.log")
+
+    def say(line: str) -> None:
+        log.info(line)
+        if rank == 0:
+            spec.console.say.remote(f"pretrain: {line}")
 
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     model = ECGTextModel(ModelConfig.from_dict(spec.model)).to(device)
@@ -81,7 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     meter = StepMeter(world_size, state.step)
     writer = _tensorboard(spec, rank)
     fault = FaultInjection(**spec.fault) if spec.fault else None
-    last_progress = time.perf_counter()
+    started = last_progress = time.perf_counter()
     step, epoch = state.step, state.epoch
     checkpointed_step = step if ray.train.get_checkpoint() is not None else -1
 
@@ -92,16 +109,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {"step": step, "epoch": epoch_done, "restored_step": state.step, "lr": scheduler.get_last_lr()[0]}
         metrics.update(meter.figures())
         val_batches = _keeping_probe(val_shard.iter_batches(batch_size=VAL_BATCH_SIZE), probe)
-        metrics.update(validate(model, val_batches, spec.val_codes, dtype, device))
+        metrics.update(validate(model, val_batches, spec.val_task, spec.val_codes, dtype, device))
         embeddings = probe_embeddings(model, probe, dtype, device)
+        say(f"epoch {epoch_done} · step {step}/{spec.total_steps} · " + _summary(metrics, time.perf_counter() - started))
         if rank == 0:
-            _print(f"validation at step {step}: " + _summary(metrics))
             if writer is not None:
                 for name, value in metrics.items():
                     writer.add_scalar(name, value, step)
                 writer.flush()
-        add_probe = partial(save_probe, probe=probe, embeddings=embeddings, precision=precision) if rank == 0 else None
-        report_with_checkpoint(engine, metrics, TrainingState(step=step, epoch=epoch_done), add_probe)
+        add_files = partial(_add_files, spec, probe, embeddings, precision) if rank == 0 else None
+        report_with_checkpoint(engine, metrics, TrainingState(step=step, epoch=epoch_done), add_files)
         checkpointed_step = step
 
     while step < spec.total_steps:
@@ -129,7 +146,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if fault is not None and rank == fault.rank and step == fault.step:
                     _inject_fault(spec.run_dir, rank, step)
                 if rank == 0 and time.perf_counter() - last_progress >= train.progress_every_s:
-                    _print(meter.line(step, spec.total_steps))
+                    say(meter.line(step, spec.total_steps))
                     if writer is not None:
                         for name, value in meter.figures().items():
                             writer.add_scalar(name, value, step)
@@ -153,7 +170,27 @@ def train_loop_per_worker(loop_config: dict) -> None:
         checkpoint(epoch)
     if writer is not None:
         writer.close()
+    logging.getLogger().removeHandler(worker_log)
+    worker_log.close()
 
+
+def _add_files(spec: LoopSpec, probe: dict, embeddings: dict, precision: str, directory: str) -> None:
+    """Rank 0's files in each checkpoint: the export probe, and what the model is and was trained with."""
+    save_probe(directory, probe, embeddings, precision)
+    record = {"model": spec.model, "trained_with": spec.trained_with, "task": spec.val_task.name}
+    (Path(directory) / "config.json").write_text(json.dumps(record, indent=2))
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """Every record of this worker (warnings too) into its own file under the run directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO))
+    logging.captureWarnings(True)
+    return handler
 
 def _keeping_probe(batches, probe: dict):
     """Pass batches through; the first time, keep the first rows of the first batch as the export probe."""
@@ -176,14 +213,20 @@ def _inject_fault(run_dir: str, rank: int, step: int) -> None:
     if marker.exists():
         return
     marker.write_text(f"rank {rank} exited at step {step}\n")
-    _print(f"fault injection: rank {rank} exits at step {step}")
+    log.warning("fault injection: rank %d exits at step %d", rank, step)
     os._exit(1)
 
 
-def _summary(metrics: dict) -> str:
-    shown = {k: v for k, v in metrics.items() if k.startswith("val_") and "/" not in k}
-    return " · ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))
-
-
-def _print(line: str) -> None:
-    print(f"pretrain: {line}", file=sys.stderr, flush=True)
+def _summary(metrics: dict, elapsed_s: float) -> str:
+    """One epoch's line: loss terms, val macro AUROC, data wait, time so far."""
+    losses = " ".join(
+        f"{k.removeprefix('val_').removesuffix('_loss')} {v:.3f}"
+        for k, v in sorted(metrics.items())
+        if k.startswith("val_") and k.endswith("_loss") and k != "val_loss"
+    )
+    auroc = f" · val macro AUROC {metrics['val_macro_auroc']:.4f}" if "val_macro_auroc" in metrics else ""
+    wait = metrics.get("data_wait_fraction", float("nan"))
+    return (
+        f"val loss {metrics.get('val_loss', float('nan')):.3f} ({losses}){auroc} · "
+        f"data wait {100 * wait:.1f} % · {elapsed_s:.0f} s"
+    )
