@@ -24,7 +24,7 @@ def test_classifier_carries_the_pretrained_tower_and_scores_probabilities(tmp_pa
 
 def test_classifier_fits_a_fixed_batch_and_trains_its_tower(shard_batch):
     torch.manual_seed(0)
-    model, _ = create_model("tiny", objective="melp", overrides=["ecg.lead_drop_prob=0.0"])
+    model, _ = create_model("tiny", objective="melp", overrides={"ecg.lead_drop_prob": 0.0})
     classifier = ECGClassifier(model.config.ecg, CODES, dropout=0.0)
     signal, lead_mask, _ = shard_batch
     targets = torch.tensor([[i % 2, (i // 2) % 2, i == 3] for i in range(len(signal))], dtype=torch.float32)

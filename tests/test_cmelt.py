@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.cmelt import ECGTextMatching, masked_ecg_loss, masked_patch_loss, normalize_patches
 from models.ecg_tower import ECGTower
 from models.factory import create_model
+from models.masked_ecg_modeling import masked_ecg_loss, masked_patch_loss, normalize_patches
 from models.model import ECGTextModel
 from models.n3s import ReportBank, drop_padding_columns, n3s_negatives
+from models.objectives.cmelt import ECGTextMatching
 
 TERMS = {"mem_loss", "mlm_loss", "itm_loss", "contrastive_loss", "loss"}
 # Reports 0 and 2 (and 1 and 6, 3 and 9) share a text: never each other's N3S negatives.
@@ -45,7 +46,7 @@ def batch(model, shard_batch):
 
 @pytest.mark.parametrize("ratio", [0.75, 0.6, 0.33])
 def test_masking_keeps_int_n_times_one_minus_r_patches(ratio, shard_batch):
-    model, _ = create_model("tiny", objective="cmelt", overrides=[f"objective.ecg_mask_ratio={ratio}"])
+    model, _ = create_model("tiny", objective="cmelt", overrides={"objective.ecg_mask_ratio": ratio})
     encoded = []
     model.objective.ecg_decoder.register_forward_pre_hook(lambda _, inputs: encoded.append(inputs[0].shape))
     with torch.no_grad():
@@ -210,12 +211,12 @@ def test_report_bank_is_a_ring_of_the_newest_reports_outside_the_state_dict():
     empty.add(*reports(0, 3, 4))
     assert empty.size == 0
     with pytest.raises(ValueError, match="n3s_bank_size at least 0"):
-        create_model("tiny", objective="cmelt", overrides=["objective.n3s_bank_size=-1"])
+        create_model("tiny", objective="cmelt", overrides={"objective.n3s_bank_size": -1})
 
 
 def test_training_fills_the_bank_and_bank_negatives_are_encoded_for_matching(shard_batch):
     torch.manual_seed(0)
-    overrides = ["objective.n3s_candidates=1", "objective.n3s_bank_size=6", "ecg.lead_drop_prob=0.0"]
+    overrides = {"objective.n3s_candidates": 1, "objective.n3s_bank_size": 6, "ecg.lead_drop_prob": 0.0}
     model, _ = create_model("tiny", objective="cmelt", overrides=overrides)
     signal, lead_mask, reports = shard_batch
     first, second = (model.collate(signal[rows], lead_mask[rows], reports[rows]) for rows in (slice(0, 4), slice(4, 8)))
@@ -243,14 +244,14 @@ def test_training_fills_the_bank_and_bank_negatives_are_encoded_for_matching(sha
 
 
 def test_objective_returns_the_five_terms_and_their_weighted_sum(shard_batch):
-    overrides = [
-        "objective.mem_weight=0.5",
-        "objective.mlm_weight=2",
-        "objective.itm_weight=3",
-        "objective.contrastive_weight=0.25",
-        "objective.siglip_init_scale=5",
-        "objective.siglip_init_bias=-3",
-    ]
+    overrides = {
+        "objective.mem_weight": 0.5,
+        "objective.mlm_weight": 2,
+        "objective.itm_weight": 3,
+        "objective.contrastive_weight": 0.25,
+        "objective.siglip_init_scale": 5,
+        "objective.siglip_init_bias": -3,
+    }
     model, _ = create_model("tiny", objective="cmelt", overrides=overrides)
     assert model.objective.logit_scale().item() == pytest.approx(5.0)
     assert model.objective.logit_bias.item() == -3.0
@@ -332,7 +333,7 @@ def test_every_term_decreases_on_a_fixed_batch(shard_batch):
     the text side: the random tiny text tower's reports differ in a few tokens, and SigLIP's first
     phase pulls every ECG and report embedding, and those tokens, together (its floor: 3.0 for B = 8)."""
     torch.manual_seed(0)
-    model, _ = create_model("tiny", objective="cmelt", overrides=["ecg.lead_drop_prob=0.0"])
+    model, _ = create_model("tiny", objective="cmelt", overrides={"ecg.lead_drop_prob": 0.0})
     batch = model.collate(*shard_batch)
 
     def evaluate() -> dict[str, float]:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from models.config import ModelConfig, available_configs, load_config
+from pipelines.training.overrides import parse_overrides
 
 
 def test_named_configs_load_and_round_trip():
@@ -18,10 +19,14 @@ def test_named_configs_load_and_round_trip():
     assert (load_config("melp-base").ecg.width, load_config("melp-base").ecg.depth) == (768, 8)
 
 
-def test_overrides_as_strings_or_a_dict_and_files(tmp_path):
-    config = load_config("tiny", ["objective.name=mets", "objective.init_temperature=0.05", "text.pooling=cls"])
+def test_overrides_objectives_and_files(tmp_path):
+    config = load_config("tiny", {"objective.name": "mets", "objective.init_temperature": 0.05, "text.pooling": "cls"})
     assert (config.objective.name, config.objective.init_temperature, config.text.pooling) == ("mets", 0.05, "cls")
-    assert load_config("tiny", {"objective.ecg_mask_ratio": 0.6}).objective.ecg_mask_ratio == 0.6
+    cmelt = load_config("tiny", {"objective.ecg_mask_ratio": 0.6}, objective="cmelt").objective
+    assert (cmelt.ecg_mask_ratio, cmelt.decoder_width) == (0.6, 32)  # the file's cmelt sub-section applies
+    assert load_config("tiny").objective.caption_layers == 1  # and its melp one to melp
+    switched = load_config("tiny").with_overrides({"objective.name": "cmelt"}).objective
+    assert (switched.name, switched.embed_dim) == ("cmelt", 32)  # shared fields kept
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"ecg": {"width": 64, "heads": 4, "pool_heads": 4}}))
     assert load_config(path).ecg.width == 64 and load_config(path).objective.name == "melp"
@@ -32,16 +37,18 @@ def test_overrides_as_strings_or_a_dict_and_files(tmp_path):
     [
         (["objective.name=clip"], "unknown objective 'clip'"),
         (["ecg.widht=3"], "unknown config field 'ecg.widht'"),
-        (["objective.ecg_mask_ratio=1.5"], r"ecg_mask_ratio must be in \[0, 1\)"),
+        (["objective.ecg_mask_ratio=0.5"], "unknown config field 'objective.ecg_mask_ratio' for objective melp"),
+        (["objective.name=cmelt", "objective.ecg_mask_ratio=1.5"], r"ecg_mask_ratio must be in \[0, 1\)"),
         (["ecg.patch_size=33"], "not a multiple of patch_size"),
         (["objective.init_temperature=0.001"], "exceeds max_logit_scale"),
         (["text.freeze_layers=-2"], "freeze_layers"),
-        (["width"], "is not key=value"),
+        (["width"], "is not section.field=value"),
+        (["widht=3"], "expected section.field=value"),
     ],
 )
 def test_bad_values_fail_with_a_message(overrides, message):
     with pytest.raises(ValueError, match=message):
-        load_config("tiny", overrides)
+        load_config("tiny", parse_overrides(overrides).model)
 
 
 def test_unknown_name_lists_the_named_configs():

@@ -14,8 +14,8 @@ from models.factory import resolve_config
 from models.model import ECGTextModel
 from pipelines.evaluate import main as evaluate_main
 from pipelines.evaluation.predict import predict_split
-from pipelines.evaluation.tasks import load_task
-from pipelines.evaluation.zero_shot import task_scores
+from pipelines.labels.tasks import load_task
+from pipelines.labels.zero_shot import task_scores
 from pipelines.training.config import TrainConfig
 from pipelines.training.launch import pretrain
 

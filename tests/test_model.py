@@ -28,7 +28,7 @@ def test_objective_returns_named_terms_and_the_weighted_total(objective, shard_b
 @pytest.mark.parametrize("objective", ["melp", "mets"])
 def test_objective_drives_every_term_down_on_a_fixed_batch(objective, shard_batch):
     torch.manual_seed(0)
-    model, _ = create_model("tiny", objective=objective, overrides=["ecg.lead_drop_prob=0.0"])
+    model, _ = create_model("tiny", objective=objective, overrides={"ecg.lead_drop_prob": 0.0})
     batch = model.collate(*shard_batch)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     first = {name: value.item() for name, value in model(batch).items()}

@@ -33,7 +33,7 @@ def check_run(run_dir: Path, metrics: dict, steps: int) -> ECGTextModel:
     assert metrics["total_steps"] == steps and metrics["final"]["step"] == steps
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     saved = json.loads((run_dir / "config.json").read_text())
-    assert set(saved) == {"model", "train"}
+    assert set(saved) == {"model", "train", "task"}
     # The export reproduces the live model's embeddings of the probe rows (checked inside the run too).
     assert metrics["export_max_abs_diff"] < 1e-5
     assert list((run_dir / "tensorboard").iterdir()), "rank 0 writes TensorBoard event files"
@@ -67,7 +67,7 @@ def test_text_only_stage_one_hands_its_encoder_to_stage_two(synthetic_shards, tm
     assert metrics["selected_by"] == "val_loss" and np.isfinite(metrics["best"]["val_mlm_loss"])
     encoder = tmp_path / "lm" / "export" / "text-encoder"
     stage_one = ECGTextModel.from_pretrained(tmp_path / "lm" / "export")
-    stage_two = ECGTextModel(resolve_config("tiny", "melp", [f"text.name_or_path={encoder}"]))
+    stage_two = ECGTextModel(resolve_config("tiny", "melp", {"text.name_or_path": str(encoder)}))
     for name, tensor in stage_one.text.transformer.state_dict().items():
         torch.testing.assert_close(stage_two.text.transformer.state_dict()[name], tensor)
 

@@ -6,8 +6,8 @@ import numpy as np
 from matplotlib.image import imread
 
 from pipelines.evaluation.linear_probe import linear_probe
-from pipelines.evaluation.metrics import auroc_per_class, macro_auroc
 from pipelines.evaluation.report import BARS_FILE, REPORT_FILE, ROC_FILE, write_report
+from pipelines.labels.metrics import auroc_per_class, macro_auroc
 
 CODES = ["NORM", "MI", "CD"]
 NAMES = {"NORM": "normal ecg", "MI": "myocardial infarction", "CD": "conduction disturbance"}

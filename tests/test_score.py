@@ -15,6 +15,7 @@ from pipelines.data.wfdb_io import read_record
 from pipelines.score import score
 from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
+from tests.archives import write_ptbxl_archive
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,17 @@ def test_shard_scoring_with_custom_labels_and_embeddings(ray_cluster, export, sy
     assert table.column_names == ["ecg_id", "score_AFIB", "score_a normal ecg", "embedding"]
     norms = np.linalg.norm(np.stack(table["embedding"].to_numpy(zero_copy_only=False)), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
+def test_records_rejected_while_listing_are_accounted_for(ray_cluster, export, tmp_path):
+    """A duplicate id and an index row without its record are rejected by the lister; scoring lists them in
+    rejected_listing.parquet with their reasons and counts them, instead of crashing on the table."""
+    entries = [{"ecg_id": 1}, {"ecg_id": 2}, {"ecg_id": 2}, {"ecg_id": 3, "signal": None}, {"ecg_id": 4}]
+    archive = write_ptbxl_archive(tmp_path / "archive", entries)
+    summary = score(str(export), str(archive), str(tmp_path / "scores"), source="ptbxl", part_size=2)
+    rejected = pq.read_table(tmp_path / "scores" / "rejected_listing.parquet").to_pylist()
+    reasons = " | ".join(row["reason"] for row in rejected)
+    assert "duplicate" in reasons and summary["records_in"] == 5
+    assert summary["scored"] + summary["rejected"] == summary["records_in"]
+    scored = pq.read_table(tmp_path / "scores" / "scores")["ecg_id"].to_pylist()
+    assert len(scored) == len(set(scored)) == summary["scored"]

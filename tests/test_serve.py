@@ -17,8 +17,8 @@ from models.model import ECGTextModel
 from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig, preprocess
 from pipelines.data.wfdb_io import Recording
-from pipelines.evaluation.tasks import load_task
-from pipelines.evaluation.zero_shot import task_scores
+from pipelines.labels.tasks import load_task
+from pipelines.labels.zero_shot import task_scores
 from pipelines.synthetic import SyntheticConfig, generate_batch
 
 TOKEN = "test-token"

@@ -12,8 +12,8 @@ from matplotlib.image import imread
 
 from models.model import ECGTextModel
 from pipelines.evaluation.predict import predict_split
-from pipelines.evaluation.tasks import load_task
-from pipelines.evaluation.zero_shot import task_scores
+from pipelines.labels.tasks import load_task
+from pipelines.labels.zero_shot import task_scores
 from tune.sweep import BEST_DIR, sweep
 
 SPACE = {

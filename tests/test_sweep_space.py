@@ -8,9 +8,10 @@ import pytest
 from ray import tune
 
 from models.factory import resolve_config
-from tune.space import DEFAULT_SPACES, load_space, swept_fields, to_param_space
+from models.objectives import objective_class
+from pipelines.training.overrides import parse_overrides
+from tune.space import load_space, swept_fields, to_param_space
 from tune.sweep import as_grid, plan_resources, search_algorithm
-from tune.trial import split_overrides
 
 
 @pytest.mark.parametrize("objective", ["melp", "cmelt", "mets"])
@@ -18,14 +19,14 @@ def test_default_spaces_name_real_config_fields_and_sample_valid_configs(objecti
     space = load_space(objective)
     assert {"train.lr", "ecg.lead_drop_prob", "objective.learn_temperature"} <= set(space)
     overrides = {field: to_param_space(space)["overrides"][field].sample() for field in space}
-    model_overrides, train_overrides = split_overrides(overrides)
-    config = resolve_config("tiny", objective, model_overrides)  # raises on an unknown field
-    assert set(train_overrides) == {"lr"} and config.objective.name == objective
+    parsed = parse_overrides(overrides)
+    config = resolve_config("tiny", objective, parsed.model)  # raises on an unknown field
+    assert set(parsed.train) == {"lr"} and config.objective.name == objective
 
 
 def test_every_loss_weight_and_masking_ratio_is_swept():
-    assert {"objective.rhythm_weight", "objective.token_weight", "objective.beat_weight"} <= set(DEFAULT_SPACES["melp"])
-    cmelt = set(DEFAULT_SPACES["cmelt"])
+    assert {"objective.rhythm_weight", "objective.token_weight", "objective.beat_weight"} <= set(load_space("melp"))
+    cmelt = set(load_space("cmelt"))
     weights = {f"objective.{term}_weight" for term in ("mem", "mlm", "itm", "contrastive")}
     assert weights | {"objective.ecg_mask_ratio", "objective.text_mask_ratio"} <= cmelt
 
@@ -37,7 +38,7 @@ def test_space_file_overrides_field_by_field(tmp_path):
     assert space["train.lr"] == {"grid": [0.001, 0.002]}
     assert "objective.beat_weight" not in swept_fields(space)
     assert to_param_space(space)["overrides"]["objective.beat_weight"] == 0.5
-    assert space["objective.token_weight"] == DEFAULT_SPACES["melp"]["objective.token_weight"]
+    assert space["objective.token_weight"] == objective_class("melp").sweep_space["objective.token_weight"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.evaluation.tasks import TABLES, TASK_NAMES, load_task
+from pipelines.labels.table_files import TABLES_DIR as TABLES
+from pipelines.labels.tasks import TASK_NAMES, load_task
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.evaluation.classes import present_classes
-from pipelines.evaluation.metrics import auroc_per_class, macro_auroc, targets_matrix
+from pipelines.labels.metrics import auroc_per_class, macro_auroc, targets_matrix
+from pipelines.labels.tasks import load_task
 from pipelines.training.config import TrainConfig
 from pipelines.training.engine import deepspeed_config
 from pipelines.training.optimization import warmup_cosine
@@ -66,5 +66,5 @@ def test_auroc_matches_a_hand_count_and_skips_one_sided_classes():
 
 def test_validation_classes_need_a_positive_and_a_negative():
     labels = [["SR", "NORM"], ["SR"], ["AFIB"], ["SR", "PVC"]]
-    assert present_classes(labels) == ["SR", "AFIB", "PVC", "NORM"]
-    assert present_classes([["SR"], ["SR"]]) == []
+    assert load_task("synthetic").present_codes(labels) == ["SR", "AFIB", "PVC", "NORM"]
+    assert load_task("synthetic").present_codes([["SR"], ["SR"]]) == []

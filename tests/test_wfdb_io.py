@@ -85,3 +85,15 @@ def test_missing_and_garbled_files_are_rejected(tmp_path):
     (tmp_path / "bad.hea").write_text("bad twelve 500 5000\n")
     with pytest.raises(RecordRejected, match="unreadable header"):
         read_record(tmp_path / "bad")
+
+
+def test_utf8_header_comments_are_decoded_as_utf8_and_latin1_still_reads(tmp_path):
+    path = write_wfdb(tmp_path / "utf8", ecg_like(2, 500, n_leads=2), 500, ("I", "II"))
+    header = path.with_name("utf8.hea")
+    header.write_bytes(header.read_bytes() + "# überdrehter linkstyp\n".encode())
+    assert read_record(path).comments[-1] == "überdrehter linkstyp"
+    header.write_bytes(header.read_bytes() + "# sinusrhythmus, lagetyp: überdreht\n".encode("latin-1"))
+    assert read_record(path).comments[-1] == "sinusrhythmus, lagetyp: überdreht"  # not valid UTF-8: latin-1
+    fallback = write_wfdb(tmp_path / "r212", ecg_like(2, 360, n_leads=2), 360, ("MLII", "V1"), fmt="212")
+    fallback.with_name("r212.hea").write_bytes(fallback.with_name("r212.hea").read_bytes() + "# ärger\n".encode())
+    assert read_record(fallback).comments[-1] == "ärger"  # the wfdb fallback keeps our decoding

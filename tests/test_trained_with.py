@@ -1,0 +1,153 @@
+"""One truth from shards to serving: an export carries its shards' preprocessing and label task, and the
+Serve app, batch scoring and the shards give one raw record the same embedding.
+
+Shards at 100 Hz, z-scored and band-passed (nothing like the 500 Hz min-max defaults) → a short
+pretraining → the same raw WFDB record sent over HTTP, scored from the archive, and read from its
+shard row: equal embeddings within float16 rounding.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from models.factory import create_model, resolve_config
+from models.model import ECGTextModel
+from pipelines.data.preprocess import PreprocessConfig
+from pipelines.data.records import RecordOptions
+from pipelines.data.schema import lead_masks_of, signals_of
+from pipelines.data.sources import SourceOptions, list_source
+from pipelines.data.trained_with import TrainedWith
+from pipelines.data.wfdb_io import read_record
+from pipelines.prepare import prepare
+from pipelines.score import score
+from pipelines.serving.scorer import Scorer
+from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
+from pipelines.training.config import TrainConfig
+from pipelines.training.launch import check_run, pretrain
+
+PREPROCESSING = PreprocessConfig(fs=100, seconds=10.0, normalize="zscore", bandpass=(0.5, 40.0))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained-with-archive")
+    generate_ptbxl_layout(root, SyntheticConfig(n=160, seed=11))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(ray_cluster, archive, tmp_path_factory):
+    output = tmp_path_factory.mktemp("shards-100hz")
+    options = SourceOptions(input=archive, fs=PREPROCESSING.fs, report="raw", source_name="synthetic")
+    prepare("ptbxl", options, str(output), preprocess=PREPROCESSING, records=RecordOptions(min_report_words=0))
+    return output
+
+
+@pytest.fixture(scope="module")
+def run(shards, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run-100hz")
+    config = resolve_config("tiny", "melp", {"ecg.n_samples": 1000})
+    train = TrainConfig(
+        workers=2, batch_size=8, max_steps=4, warmup_steps=1, progress_every_s=0.0, checkpoints_to_keep=1
+    )
+    pretrain(str(shards), run_dir, config, train, task="ptbxl-rhythm", val_rows=32)
+    return run_dir
+
+
+def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run):
+    saved = json.loads((run / "export" / "config.json").read_text())
+    assert saved["format_version"] == 2
+    recorded = saved["trained_with"]
+    assert recorded["preprocessing"]["fs"] == 100 and recorded["preprocessing"]["normalize"] == "zscore"
+    assert recorded["preprocessing"]["bandpass"] == [0.5, 40.0] and recorded["preprocessing"]["leads"][0] == "I"
+    assert recorded["task"] == "ptbxl-rhythm"
+    trained_with = TrainedWith.of_model(ECGTextModel.from_pretrained(run / "export"))
+    assert trained_with.preprocessing == PREPROCESSING and trained_with.task == "ptbxl-rhythm"
+    checkpoints = sorted((run / "train").glob("checkpoint-step*"))
+    assert checkpoints and all(
+        json.loads((c / "config.json").read_text())["trained_with"] == recorded for c in checkpoints
+    )
+
+
+def test_http_archive_scoring_and_the_shard_give_one_embedding(ray_cluster, run, shards, archive, tmp_path):
+    from ray import serve
+
+    from pipelines.serve import ScoringService
+
+    export = run / "export"
+    scorer = Scorer(export)
+    assert scorer.preprocess_config == PREPROCESSING and scorer.task.name == "ptbxl-rhythm"
+
+    shard = pq.read_table(sorted(shards.glob("part-*.parquet"))[0], columns=["ecg_id", "signal", "lead_mask"])
+    ecg_id = shard["ecg_id"][0].as_py()  # "synthetic/00001": the archive's record 1
+    from_shard = scorer.embed(signals_of(shard)[:1], lead_masks_of(shard)[:1])[0]
+
+    listed = list_source("ptbxl", SourceOptions(input=archive, fs=PREPROCESSING.fs)).records
+    record = read_record(listed.loc[listed["ecg_id"].str.endswith(ecg_id.split("/")[1]), "record_path"].iloc[0])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(ScoringService.bind(str(export)), name="trained-with", route_prefix="/")
+        body = {
+            "ecg": {
+                "b64": base64.b64encode(record.signal.astype("<f4").tobytes()).decode(),
+                "shape": list(record.signal.shape),
+            },
+            "fs": record.fs,
+            "leads": record.lead_names,
+        }
+        response = requests.post(f"http://127.0.0.1:{port}/v1/embed", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        over_http = np.array(response.json()["results"][0]["embedding"])
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).json()
+        assert health["task"] == "ptbxl-rhythm"  # the served label set is the export's
+    finally:
+        serve.shutdown()
+
+    summary = score(str(export), str(archive), str(tmp_path / "scores"), source="ptbxl", embeddings=True, part_size=80)
+    assert summary["records_in"] == summary["scored"] + summary["rejected"] == 160
+    scored = pq.read_table(tmp_path / "scores" / "scores").to_pylist()
+    number = ecg_id.split("/")[1]  # the archive is listed as ptbxl/NNNNN, the shards were named synthetic/NNNNN
+    from_archive = np.array(next(row["embedding"] for row in scored if row["ecg_id"].endswith(f"/{number}")))
+
+    np.testing.assert_allclose(over_http, from_shard, atol=2e-3)
+    np.testing.assert_allclose(from_archive, from_shard, atol=2e-3)
+    assert set(next(iter(scored)).keys()) >= {f"score_{code}" for code in scorer.task.codes}
+
+
+def test_scoring_shards_prepared_otherwise_is_refused(ray_cluster, run, synthetic_shards, tmp_path):
+    with pytest.raises(ValueError, match=r"preprocessing\.fs 500, but the model was trained on 100"):
+        score(str(run / "export"), str(synthetic_shards), str(tmp_path / "scores"))
+    assert not (tmp_path / "scores").exists()
+
+
+def test_shard_folders_prepared_differently_are_refused_before_ray(shards, synthetic_shards):
+    config = resolve_config("tiny", "melp")
+    with pytest.raises(ValueError, match=r"prepared differently: preprocessing\.fs is 100 in one and 500"):
+        check_run([str(shards), str(synthetic_shards)], config, "synthetic")
+    with pytest.raises(ValueError, match=r"ecg\.n_samples=5000.*set ecg\.n_samples=1000"):
+        check_run([str(shards)], config, "synthetic")
+
+
+def test_an_export_from_before_the_record_loads_with_the_old_defaults_and_a_warning(tmp_path, caplog):
+    model, _ = create_model("tiny", objective="melp")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["format_version"] = 1
+    del saved["trained_with"]
+    saved["model"]["objective"].update({"ecg_mask_ratio": 0.75, "n3s_bank_size": 4096})  # format 1 listed all
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING):
+        trained_with = TrainedWith.of_model(ECGTextModel.from_pretrained(tmp_path))
+    assert trained_with.preprocessing == PreprocessConfig(fs=500, seconds=10.0) and trained_with.task == "synthetic"
+    assert "predates format 2" in caplog.text
