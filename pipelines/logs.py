@@ -20,7 +20,7 @@ FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
 
 class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        own = record.name.split(".")[0] in OWN_LOGGERS
+        own = record.name.split(".")[0] in OWN_LOGGERS  # CLIs name theirs, not "__main__"
         return record.levelno >= (logging.INFO if own else logging.ERROR)
 
 

@@ -33,7 +33,7 @@ from pipelines.data.sources import Listing, SourceOptions, list_source
 from pipelines.logs import init_ray, setup_logging
 from pipelines.progress import ProgressLine
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipelines.prepare")
 
 SOURCES = ("ptbxl", "mimic", "wfdb", "synthetic")
 OUTPUT_FILES = ("manifest.json", "rejected.parquet")

@@ -13,7 +13,6 @@ checkpoint. `pipelines.pretrain_lm` is MELP's stage 1 (masked-LM on report text)
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +24,6 @@ from pipelines.logs import init_ray, setup_logging
 from pipelines.training.config import TrainConfig
 from pipelines.training.launch import LOGS_DIR, check_run, pretrain
 from pipelines.training.overrides import parse_overrides
-
-log = logging.getLogger("pipelines.pretrain")
 
 
 def build_parser(description: str = __doc__, objectives: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from pipelines.data.trained_with import TrainedWith
 from pipelines.logs import init_ray, setup_logging
 from pipelines.serving.batch import ScoreUnits, unit_done
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipelines.score")
 
 SOURCES = ("shards", "ptbxl", "mimic", "wfdb")
 

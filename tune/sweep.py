@@ -37,7 +37,7 @@ from tune.results import METRIC, copy_best, plot_metric_against_parameters, tria
 from tune.space import SWEEPABLE, load_space, swept_fields, to_param_space
 from tune.trial import SweepSpec, run_trial
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tune.sweep")
 
 TUNE_DIR, TRIALS_DIR, BEST_DIR = "sweep", "trials", "best"
 TRIAL_DRIVER_CPU = 0.1
