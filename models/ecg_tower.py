@@ -138,6 +138,10 @@ class ECGTower(nn.Module):
         offset otherwise dominates every token (seen: MELP's beat level stuck at chance without it).
         """
         self.check_inputs(signal, lead_mask)
+        return self._embed(signal, lead_mask)
+
+    def _embed(self, signal: torch.Tensor, lead_mask: torch.Tensor) -> torch.Tensor:
+        """`embed` on inputs already checked."""
         signal = signal.to(self.patch_projection.weight.dtype)
         signal = signal.masked_fill(~lead_mask.unsqueeze(-1), 0.0)  # [B, 12, T]
         signal = signal - signal.mean(dim=-1, keepdim=True)  # absent leads stay zero
@@ -197,7 +201,7 @@ class ECGTower(nn.Module):
         """
         if lead_mask is None:
             lead_mask = torch.ones(signal.shape[0], self.config.n_leads, dtype=torch.bool, device=signal.device)
-        self.check_inputs(signal, lead_mask)  # before drop_leads, which assumes a valid mask
-        tokens = self.encode(self.embed(signal, self.drop_leads(lead_mask)))  # [B, N, W]
+        self.check_inputs(signal, lead_mask)  # once, before drop_leads, which assumes a valid mask
+        tokens = self.encode(self._embed(signal, self.drop_leads(lead_mask)))  # [B, N, W]
         pooled, beats = self.pool(tokens)  # [B, W], [B, K, W]
         return ECGOutput(tokens=tokens, pooled=pooled, beats=beats)
