@@ -191,7 +191,6 @@ def main(argv: list[str] | None = None) -> dict:
         input_dir = Path(args.input).absolute()
         if not input_dir.is_dir():
             parser.error(f"--input {args.input} is not a directory")
-    if not ray.is_initialized():
         init_ray()
     options = SourceOptions(input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed)
     try:

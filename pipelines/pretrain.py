@@ -55,8 +55,9 @@ def resolve(args: argparse.Namespace, objective: str | None = None) -> tuple[Mod
     flags = {"workers": args.workers, "zero_stage": args.zero_stage, "max_steps": args.max_steps, "epochs": args.epochs}
     train_overrides = {**overrides.train, **{k: v for k, v in flags.items() if v is not None}}
     model_config = resolve_config(args.config, objective or args.objective, overrides.model)
-    check_run(args.data, model_config, args.task)
-    return model_config, TrainConfig().with_overrides(train_overrides)
+    train_config = TrainConfig().with_overrides(train_overrides)
+    check_run(args.data, model_config, args.task)  # the configs first, then whether the data fits them
+    return model_config, train_config
 
 
 def run(args: argparse.Namespace, model_config: ModelConfig, train_config: TrainConfig) -> dict:
