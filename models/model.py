@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -110,23 +110,15 @@ class ECGTextModel(nn.Module):
         """Rebuild a saved model; raises ValueError naming the file and what is wrong with it.
         `load_weights=False` gives the same architecture freshly initialised (a random-weights baseline)."""
         directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (config_path, weights_path, directory / TOKENIZER_DIR):
+        weights_path = directory / WEIGHTS_FILE
+        for path in (directory / CONFIG_FILE, weights_path, directory / TOKENIZER_DIR):
             if not path.exists():
                 raise ValueError(f"{directory} is not a saved model: {path.name} is missing")
-        try:
-            saved = json.loads(config_path.read_text())
-            version = saved["format_version"]
-            if version not in READABLE_VERSIONS:
-                raise ValueError(f"format_version {version}; this code reads {', '.join(map(str, READABLE_VERSIONS))}")
-            model_dict = saved["model"] if version > 1 else _objective_fields_of_its_own(saved["model"])
-            config = ModelConfig.from_dict(model_dict)
-            encoder_config = saved["text_encoder"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{config_path} is not a valid model config: {type(error).__name__}: {error}") from None
+        saved = read_saved_config(directory)
+        config, encoder_config = saved.model, saved.text_encoder
         text = TextTower.from_saved(config.text, encoder_config, directory / TOKENIZER_DIR)
         model = cls(config, text=text)
-        model.trained_with = saved.get("trained_with")
+        model.trained_with = saved.trained_with
         if not load_weights:
             return model
         try:
@@ -136,6 +128,31 @@ class ECGTextModel(nn.Module):
         _check_state(model.state_dict(), state, weights_path)
         model.load_state_dict(state)
         return model
+
+
+@dataclass(frozen=True)
+class SavedConfig:
+    """What a saved model's config.json holds."""
+
+    model: ModelConfig
+    text_encoder: dict
+    trained_with: dict | None
+
+
+def read_saved_config(directory: str | os.PathLike) -> SavedConfig:
+    """A saved model's config.json alone (no weights, no model built); ValueError naming the file."""
+    config_path = Path(directory) / CONFIG_FILE
+    if not config_path.exists():
+        raise ValueError(f"{directory} is not a saved model: {CONFIG_FILE} is missing")
+    try:
+        saved = json.loads(config_path.read_text())
+        version = saved["format_version"]
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"format_version {version}; this code reads {', '.join(map(str, READABLE_VERSIONS))}")
+        model_dict = saved["model"] if version > 1 else _objective_fields_of_its_own(saved["model"])
+        return SavedConfig(ModelConfig.from_dict(model_dict), saved["text_encoder"], saved.get("trained_with"))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{config_path} is not a valid model config: {type(error).__name__}: {error}") from None
 
 
 def _objective_fields_of_its_own(model: dict) -> dict:

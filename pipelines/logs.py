@@ -47,10 +47,7 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> None:
     console.setFormatter(_ConsoleFormatter())
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(log_file, encoding="utf-8")
-        file.setFormatter(logging.Formatter(FILE_FORMAT))
-        handlers.append(file)
+        handlers.append(file_handler(log_file))
     for handler in handlers:
         handler._ecg_fm = True
         root.addHandler(handler)
@@ -67,12 +64,23 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> None:
         logger.propagate = True
 
 
+def file_handler(path: str | os.PathLike) -> logging.FileHandler:
+    """A handler appending every record to `path` (its folder created), in the log files' format."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    return handler
+
+
 def init_ray(address: str | None = None, **options):
     """`ray.init` for a command-line stage: workers' output stays in their logs, Ray logs through ours,
-    and Ray Data draws progress bars only on a terminal."""
+    and Ray Data draws progress bars only on a terminal. A process already connected to Ray (a caller
+    that started it, a test session) keeps its connection as it is."""
     import ray
     from ray.data import DataContext
 
+    if ray.is_initialized():
+        return None
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # Ray's own forwarded lines without escape codes
     context = ray.init(address=address, log_to_driver=False, configure_logging=False, **options)

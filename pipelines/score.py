@@ -25,7 +25,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from models.model import ECGTextModel
 from pipelines.data.shard_sink import REJECTED_SCHEMA
 from pipelines.data.sources import SourceOptions, list_source
 from pipelines.data.trained_with import TrainedWith
@@ -85,7 +84,7 @@ def score(
     preprocessed as the export's training data was; shards must have been prepared that way (checked)."""
     started = time.time()
     if source == "shards":
-        TrainedWith.of_model(ECGTextModel.from_pretrained(model_dir, load_weights=False)).check_shards([input_path])
+        TrainedWith.of_export(model_dir).check_shards([input_path])
     output_dir = Path(output).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     units, listing_rejected, records_in = work_units(Path(input_path).resolve(), source, part_size)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 
 import pyarrow.fs as pafs
 
+from models.model import read_saved_config
 from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig
 
@@ -56,12 +57,22 @@ class TrainedWith:
 
     @classmethod
     def of_model(cls, model) -> TrainedWith:
-        """What an `ECGTextModel` records; an export from before the record existed gets the defaults of its
-        time (500 Hz, the ECG tower's length, per-record min-max, no band-pass; the synthetic task) and a
-        warning."""
-        if model.trained_with is not None:
-            return cls.from_dict(model.trained_with, "the export's config.json")
-        n_samples = model.config.ecg.n_samples
+        """What an `ECGTextModel` records (see `recorded`)."""
+        return cls.recorded(model.trained_with, model.config.ecg.n_samples)
+
+    @classmethod
+    def of_export(cls, directory: str) -> TrainedWith:
+        """What an export records, from its config.json alone (no model is built)."""
+        saved = read_saved_config(directory)
+        return cls.recorded(saved.trained_with, saved.model.ecg.n_samples)
+
+    @classmethod
+    def recorded(cls, record: dict | None, n_samples: int) -> TrainedWith:
+        """From an export's `trained_with` record; an export from before the record existed (None) gets the
+        defaults of its time (500 Hz, the ECG tower's `n_samples`, per-record min-max, no band-pass; the
+        synthetic task) and a warning."""
+        if record is not None:
+            return cls.from_dict(record, "the export's config.json")
         log.warning(
             "this export does not record its training data's preprocessing (it predates format 2): assuming "
             "500 Hz, %g s, per-record min-max, no band-pass, and the synthetic label task",
@@ -77,12 +88,12 @@ class TrainedWith:
         first, *others = folders
         reference = _signal_fields(manifests[first])
         for folder in others:
-            for name, value in _signal_fields(manifests[folder]).items():
-                if value != reference[name]:
-                    raise ValueError(
-                        f"shard folders {first} and {folder} were prepared differently: preprocessing.{name} is "
-                        f"{reference[name]!r} in one and {value!r} in the other; prepare them alike to train on both"
-                    )
+            name = _first_difference(reference, found := _signal_fields(manifests[folder]))
+            if name is not None:
+                raise ValueError(
+                    f"shard folders {first} and {folder} were prepared differently: preprocessing.{name} is "
+                    f"{reference[name]!r} in one and {found[name]!r} in the other; prepare them alike to train on both"
+                )
         preprocessing = _preprocess_config(manifests[first]["preprocessing"], f"{first}/{MANIFEST_FILE}")
         return cls(preprocessing, task, tuple(folders))
 
@@ -90,12 +101,12 @@ class TrainedWith:
         """Refuse shards whose preprocessing differs from this record's (their scores would be wrong)."""
         expected = _signal_fields({"preprocessing": self.to_dict()["preprocessing"]})
         for folder in folders:
-            for name, value in _signal_fields(read_manifest(folder)).items():
-                if value != expected[name]:
-                    raise ValueError(
-                        f"{folder} was prepared with preprocessing.{name} {value!r}, but the model was trained on "
-                        f"{expected[name]!r}; prepare the data as the model's training data was"
-                    )
+            name = _first_difference(expected, found := _signal_fields(read_manifest(folder)))
+            if name is not None:
+                raise ValueError(
+                    f"{folder} was prepared with preprocessing.{name} {found[name]!r}, but the model was trained on "
+                    f"{expected[name]!r}; prepare the data as the model's training data was"
+                )
 
 
 def read_manifest(folder: str) -> dict:
@@ -124,6 +135,11 @@ def _signal_fields(manifest: dict) -> dict:
         "bandpass": list(bandpass) if bandpass else None,
         "leads": list(preprocessing.get("leads") or STANDARD_LEADS),
     }
+
+
+def _first_difference(expected: dict, found: dict) -> str | None:
+    """The first of SIGNAL_FIELDS on which two `_signal_fields` records disagree, or None."""
+    return next((name for name in SIGNAL_FIELDS if found[name] != expected[name]), None)
 
 
 def _preprocess_config(record: dict, where: str) -> PreprocessConfig:

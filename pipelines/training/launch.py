@@ -86,6 +86,7 @@ def pretrain(
     train_config = with_cpus_per_worker(train_config)
 
     objective = model_config.objective.name
+    reads_signals = objective_class(objective).reads_signals
     train = split_dataset(data, "train", train_columns(objective)).randomize_block_order(seed=train_config.seed)
     val = split_dataset(data, "val", val_columns(objective)).limit(val_rows)
     val_labels = list(_labels_of(split_dataset(data, "val", ["labels"]).limit(val_rows)))
@@ -100,7 +101,7 @@ def pretrain(
     if len(val_labels) < train_config.workers:
         raise ValueError(f"{', '.join(data)}: the val split has {len(val_labels)} rows; validation needs one per worker at least")
     total_steps = train_config.max_steps or train_config.epochs * steps_per_epoch
-    val_codes = val_task.present_codes(val_labels) if objective_class(objective).reads_signals else []
+    val_codes = val_task.present_codes(val_labels) if reads_signals else []
     score = ("val_macro_auroc", "max") if val_codes else ("val_loss", "min")
     log.info(
         "pretrain: %s on %s — %s train rows, %s val rows; %s steps per epoch, %s steps in all on %d workers "
@@ -144,7 +145,7 @@ def pretrain(
         result = trainer.fit()
     best, best_metrics = best_checkpoint(result.best_checkpoints, *score)
     exported, export_max_diff = export_checkpoint(best, model_config, trained_with, run_dir / EXPORT_DIR)
-    if not objective_class(objective).reads_signals:
+    if not reads_signals:
         exported.text.save_encoder(run_dir / EXPORT_DIR / TEXT_ENCODER_DIR)
     metrics = {
         "final": {k: v for k, v in result.metrics.items() if is_number(v)},

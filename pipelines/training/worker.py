@@ -26,6 +26,7 @@ import torch
 from models.config import ModelConfig
 from models.model import ECGTextModel
 from pipelines.labels.tasks import Task
+from pipelines.logs import file_handler
 from pipelines.training.checkpoints import TrainingState, report_with_checkpoint, restore_latest
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import collate_batch
@@ -183,9 +184,7 @@ def _add_files(spec: LoopSpec, probe: dict, embeddings: dict, precision: str, di
 
 def _log_to_file(path: Path) -> logging.Handler:
     """Every record of this worker (warnings too) into its own file under the run directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = file_handler(path)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(min(root.level, logging.INFO))
