@@ -8,6 +8,7 @@ session's cluster.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -133,7 +134,9 @@ def test_pretraining_job_submitted_with_ray_job_submit_succeeds(local_head, synt
     )
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert JobSubmissionClient(address).get_job_status("pretrain-test") == JobStatus.SUCCEEDED
-    assert "best val_macro_auroc" in submit.stdout
+    # The final table: the metric the best checkpoint was selected by, and its value.
+    assert re.search(r"^selected by\s+val_macro_auroc$", submit.stdout, re.MULTILINE)
+    assert re.search(r"^val_macro_auroc\s+\d\.\d{4}$", submit.stdout, re.MULTILINE)
     ECGTextModel.from_pretrained(run_dir / "export")
 
 
