@@ -50,6 +50,8 @@ def test_pretrain_console_is_readable(synthetic_shards, tmp_path):
     repeated = [line for line, count in Counter(lines + table).items() if count > 1]
     assert not repeated, repeated
     assert "TrainingReport(" not in output and "\x1b[" not in output and "FutureWarning" not in output
+    bar = output.find("\r")  # a progress bar (DeepSpeed's consolidation draws one with tqdm)
+    assert bar == -1, repr(output[max(0, bar - 300) : bar + 100])
     assert lines[0].startswith("pretrain: melp on ") and "validation: zero-shot AUROC of task synthetic" in lines[0]
     progress = [line for line in lines if line.startswith("pretrain: step ")]
     epochs = [line for line in lines if line.startswith("pretrain: epoch ")]

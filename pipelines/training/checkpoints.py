@@ -73,9 +73,10 @@ def restore_latest(engine) -> TrainingState:
 
 
 def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a checkpoint folder of any ZeRO stage (shards merged). DeepSpeed prints what
-    it does to stdout; that goes to the log instead of the console."""
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    """Full fp32 weights from a checkpoint folder of any ZeRO stage (shards merged). What DeepSpeed prints
+    meanwhile (messages on stdout, tqdm bars on stderr) goes to the log instead of the console."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         state = _consolidate(Path(directory))
     for line in printed.getvalue().splitlines():
         log.debug("deepspeed: %s", line)
