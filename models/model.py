@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -108,25 +109,33 @@ class ECGTextModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, load_weights: bool = True) -> ECGTextModel:
         """Rebuild a saved model; raises ValueError naming the file and what is wrong with it.
-        `load_weights=False` gives the same architecture freshly initialised (a random-weights baseline)."""
+        `load_weights=False` gives the same architecture freshly initialised (a random-weights baseline).
+
+        Before anything is allocated, the tensor shapes in the safetensors header are checked against
+        those the config builds (a skeleton on the meta device), so a config that declares a huge
+        vocabulary or width is refused without its memory; weights holding NaN or Inf are refused."""
         directory = Path(directory)
         weights_path = directory / WEIGHTS_FILE
         for path in (directory / CONFIG_FILE, weights_path, directory / TOKENIZER_DIR):
             if not path.exists():
                 raise ValueError(f"{directory} is not a saved model: {path.name} is missing")
         saved = read_saved_config(directory)
-        config, encoder_config = saved.model, saved.text_encoder
-        text = TextTower.from_saved(config.text, encoder_config, directory / TOKENIZER_DIR)
-        model = cls(config, text=text)
+        with torch.device("meta"):
+            skeleton = cls._built_from(saved, directory)
+        expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+        _check_shapes(expected, _saved_shapes(weights_path), weights_path)
+        state = _finite_weights(weights_path) if load_weights else None
+        model = cls._built_from(saved, directory)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    @classmethod
+    def _built_from(cls, saved: SavedConfig, directory: Path) -> ECGTextModel:
+        """The architecture a saved config describes, freshly initialised (on the current default device)."""
+        text = TextTower.from_saved(saved.model.text, saved.text_encoder, directory / TOKENIZER_DIR)
+        model = cls(saved.model, text=text)
         model.trained_with = saved.trained_with
-        if not load_weights:
-            return model
-        try:
-            state = load_file(str(weights_path))
-        except (SafetensorError, OSError) as error:
-            raise ValueError(f"{weights_path} is damaged or not a safetensors file: {error}") from None
-        _check_state(model.state_dict(), state, weights_path)
-        model.load_state_dict(state)
         return model
 
 
@@ -155,6 +164,17 @@ def read_saved_config(directory: str | os.PathLike) -> SavedConfig:
         raise ValueError(f"{config_path} is not a valid model config: {type(error).__name__}: {error}") from None
 
 
+def export_fingerprint(directory: str | os.PathLike) -> str:
+    """A short content hash of a saved model (config.json and model.safetensors): what a batch-scoring
+    output or a health check records to say which export made it. 16 hex digits."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        with open(Path(directory) / name, "rb") as file:
+            for block in iter(lambda: file.read(2**20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def _objective_fields_of_its_own(model: dict) -> dict:
     """A format-1 model section, whose objective lists every objective's fields, cut to its own's."""
     objective = model.get("objective", {})
@@ -162,15 +182,47 @@ def _objective_fields_of_its_own(model: dict) -> dict:
     return {**model, "objective": {k: v for k, v in objective.items() if k in own}}
 
 
-def _check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path) -> None:
+def _saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape, from the safetensors header alone (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is damaged or not a safetensors file: {error}") from None
+
+
+def _check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path: Path) -> None:
     """Name every missing, unexpected and mis-shaped tensor before loading."""
     problems = [f"missing {name}" for name in expected.keys() - found.keys()]
     problems += [f"unexpected {name}" for name in found.keys() - expected.keys()]
     problems += [
-        f"{name} has shape {tuple(found[name].shape)}, the config builds {tuple(tensor.shape)}"
-        for name, tensor in expected.items()
-        if name in found and found[name].shape != tensor.shape
+        f"{name} has shape {found[name]}, the config builds {shape}"
+        for name, shape in expected.items()
+        if name in found and found[name] != shape
     ]
     if problems:
-        shown = "; ".join(sorted(problems)[:8]) + (f"; … {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise ValueError(f"{path} does not match its config: {shown}")
+        raise ValueError(f"{path} does not match its config: {_first_few(problems, 8)}")
+
+
+def _finite_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; ValueError naming the file and the tensors holding NaN or Inf."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is damaged or not a safetensors file: {error}") from None
+    broken = [name for name, tensor in state.items() if _holds_nan_or_inf(tensor)]
+    if broken:
+        raise ValueError(f"{path} holds NaN or Inf weights in {len(broken)} tensor(s): {_first_few(broken, 5)}")
+    return state
+
+
+def _holds_nan_or_inf(tensor: torch.Tensor) -> bool:
+    """Whether a floating-point tensor holds NaN or ±Inf: its minimum and maximum (one pass, NaN propagates)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return False
+    return not torch.isfinite(torch.stack(torch.aminmax(tensor))).all()
+
+
+def _first_few(items: list[str], n: int) -> str:
+    items = sorted(items)
+    return "; ".join(items[:n]) + (f"; … {len(items) - n} more" if len(items) > n else "")

@@ -6,6 +6,11 @@
 
 Each rank writes its own ZeRO shards into a local folder, all ranks meet at a barrier, then every
 rank reports; Ray Train gathers the folders into one checkpoint directory under the run's storage.
+
+DeepSpeed unpickles its `.pt` files with `weights_only=False`, so a planted file would run its code on
+resume or export. Every folder is first read by `scan_checkpoint` with `torch.load(weights_only=True)`,
+which admits tensors, plain containers and the few DeepSpeed classes its checkpoints hold, and nothing
+else; only then is it handed to DeepSpeed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import pickle
+import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,13 +76,56 @@ def restore_latest(engine) -> TrainingState:
     if checkpoint is None:
         return TrainingState()
     with checkpoint.as_directory() as directory:
-        _, client_state = engine.load_checkpoint(directory, tag=TAG)
+        return load_training_state(engine, directory)
+
+
+def load_training_state(engine, directory: str | Path) -> TrainingState:
+    """Load a checkpoint folder into the DeepSpeed engine, once `scan_checkpoint` has passed it."""
+    scan_checkpoint(directory)
+    _, client_state = engine.load_checkpoint(str(directory), tag=TAG)
     return TrainingState(**client_state["training_state"])
 
 
+def scan_checkpoint(directory: str | Path) -> None:
+    """Read every `.pt` file of a checkpoint folder with the restricted loader (memory-mapped: the pickled
+    structure is read, the tensors' bytes are not); ValueError naming the first file that holds anything
+    but data."""
+    for path in sorted(Path(directory).rglob("*.pt")):
+        load_restricted(path)
+
+
+def load_restricted(path: Path) -> dict:
+    """`torch.load(weights_only=True)` admitting, besides tensors and plain containers, exactly the DeepSpeed
+    classes its checkpoints pickle; a pickle that would build or call anything else is refused unrun."""
+    with torch.serialization.safe_globals(_deepspeed_checkpoint_classes()):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except pickle.UnpicklingError as error:
+            unsupported = re.search(r"Unsupported global: GLOBAL [\w.]+", str(error))
+            reason = unsupported.group(0) if unsupported else str(error)[:300]
+            refusal = f"{path} holds more than a checkpoint's data; refused before any of it ran: {reason}"
+            raise ValueError(refusal) from None
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path} is damaged or not a checkpoint file: {error}") from None
+
+
+def _deepspeed_checkpoint_classes() -> list[type]:
+    """What DeepSpeed's ZeRO 0-3 checkpoints pickle beside tensors (fp32, bf16; listed with
+    `torch.serialization.get_unsafe_globals_in_checkpoint`): the optimizer's loss scaler (LossScaler;
+    DynamicLossScaler under fp16), the ZeRO stage enum, and ZeRO-1/2's address of each parameter
+    in its flat partition."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
 def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a checkpoint folder of any ZeRO stage (shards merged). What DeepSpeed prints
-    meanwhile (messages on stdout, tqdm bars on stderr) goes to the log instead of the console."""
+    """Full fp32 weights from a checkpoint folder of any ZeRO stage (shards merged), once `scan_checkpoint`
+    has passed it. What DeepSpeed prints meanwhile (messages on stdout, tqdm bars on stderr) goes to the
+    log instead of the console."""
+    scan_checkpoint(directory)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         state = _consolidate(Path(directory))
@@ -88,7 +139,7 @@ def _consolidate(directory: Path) -> dict[str, torch.Tensor]:
 
     model_states = directory / TAG / "mp_rank_00_model_states.pt"
     if model_states.is_file():
-        saved = torch.load(model_states, map_location="cpu", weights_only=False)
+        saved = load_restricted(model_states)
         if saved.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) == 0:
             return {name: tensor.float() for name, tensor in saved["module"].items()}
     return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG)

@@ -44,8 +44,10 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int = 0
     """Optimizer steps in all; 0 = as many as `epochs` passes over the train split give."""
-    validate_every: int = 0
-    """Also validate and checkpoint every this many steps (0: only at the end of each epoch)."""
+    validate_every: int = 500
+    """Validate and checkpoint every this many optimizer steps, besides at the end of each epoch (0: at
+    epoch ends only). A restarted worker or a resubmitted run resumes from the latest checkpoint (Ray Train
+    keeps it beside the best ones), so a failure loses about this many steps at most."""
     checkpoints_to_keep: int = 2
     """Best checkpoints kept, by validation macro AUROC (validation loss where no AUROC)."""
     max_failures: int = 1
