@@ -58,6 +58,34 @@ def write_wfdb(
     return record_path
 
 
+def write_multifile_wfdb(
+    record_path: Path, signal: np.ndarray, fs: float, leads: Sequence[str], files: Sequence[str], comments: Sequence[str] = ()
+) -> Path:
+    """Write `signal` [T, n_leads] (mV) as one WFDB record whose leads lie in several signal files, as
+    PTB Diagnostic's `s0010_re.dat` (12 leads) + `s0010_re.xyz` (Frank leads): `files[i]` holds lead i."""
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    n = signal.shape[1]
+    record = wfdb.Record(
+        record_name=record_path.name, fs=fs, file_name=list(files), fmt=["16"] * n, adc_gain=[1000.0] * n,
+        baseline=[0] * n, units=["mV"] * n, sig_name=list(leads), p_signal=signal, comments=list(comments),
+    )
+    record.set_d_features(do_adc=True)  # as wfdb.wrsamp does, which writes one file only
+    record.set_defaults()
+    record.wrsamp(write_dir=str(record_path.parent))
+    return record_path
+
+
+CINC_COMMENTS = ("Age: 62", "Sex: Female", "Dx: 426783006", "Rx: Unknown", "Hx: Unknown", "Sx: Unknown")
+"""A CinC 2020/2021 header's comments: metadata and SNOMED codes, no report text."""
+
+
+def write_cinc_archive(root: Path, n: int, comments: Sequence[str] = CINC_COMMENTS) -> Path:
+    """A CinC-2021-style folder: `n` 12-lead 500 Hz records `A0001` … in `training/cpsc_2018/g1/`."""
+    for i in range(1, n + 1):
+        write_wfdb(root / "training" / "cpsc_2018" / "g1" / f"A{i:04d}", ecg_like(10, 500, seed=i), 500, comments=comments)
+    return root
+
+
 def write_ptbxl_archive(root: Path, entries: Sequence[dict]) -> Path:
     """A PTB-XL-layout folder. Each entry: ecg_id, and optionally patient_id, scp_codes (dict or a
     raw string), strat_fold, report, signal ([T, n] mV; None writes no record file), leads, fs."""

@@ -63,13 +63,13 @@ def _damaged_archive(root: Path) -> Path:
 EXPECTED_REJECTIONS = {
     "ptbxl/00002": "truncated signal: 00002_hr.dat holds 2500 of 5000 samples per lead for 12 leads",
     "ptbxl/00003": "header disagrees with data: 00003_hr.dat holds 60000 samples, header declares 8 leads x 5000 = 40000",
-    "ptbxl/00004": "header says 100 Hz where this layout holds 500 Hz records",
-    "ptbxl/00005": "invalid-sample run of 400 samples (0.80 s) in lead aVL at 2.00 s; at most 0.05 s is interpolated",
+    "ptbxl/00004": "rate disagrees with layout: header says 100 Hz where this layout holds 500 Hz records",
+    "ptbxl/00005": "invalid-sample gap too long: run of 400 samples (0.80 s) in lead aVL at 2.00 s; at most 0.05 s is interpolated",
     "ptbxl/00008": "flat signal: every lead is constant (I, II, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6)",
     "ptbxl/00010": "empty report",
     "ptbxl/00011": "report too short: 2 words ('sinus rhythm.'), minimum 4",
-    "ptbxl/00001": "duplicate ecg_id ptbxl/00001 (first listed at index row 1)",
-    "ptbxl/00014": "unparsable scp_codes 'NORM=100': ",
+    "ptbxl/00001": "duplicate ecg_id: ptbxl/00001 (first listed at index row 1)",
+    "ptbxl/00014": "unparsable scp_codes: 'NORM=100': ",
 }
 
 
@@ -83,13 +83,17 @@ def test_damaged_archive_every_record_accounted_for(ray_cluster, tmp_path):
     for ecg_id, reason in EXPECTED_REJECTIONS.items():
         assert rejected[ecg_id].startswith(reason), (ecg_id, rejected[ecg_id])
     assert rejected["ptbxl/00013"].startswith("missing record: no header file")
-    assert rejected["ptbxl/00015"].startswith("unreadable header")
+    assert rejected["ptbxl/00015"].startswith("unreadable header: ")
     assert sorted(kept["ecg_id"].to_pylist()) == ["ptbxl/00001", "ptbxl/00006", "ptbxl/00007", "ptbxl/00009"]
     assert manifest == on_disk
     assert manifest["records_in"] == 15 == kept.num_rows + len(rejected)
     assert (manifest["records_kept"], manifest["records_rejected"]) == (4, 11)
     assert sum(s["rows"] for s in manifest["shards"]) == 4 and all(s["rows"] <= 2 for s in manifest["shards"])
-    assert manifest["rejections_by_reason"]["report too short"] == 1
+    assert manifest["rejections_by_reason"] == {
+        "truncated signal": 1, "header disagrees with data": 1, "rate disagrees with layout": 1,
+        "invalid-sample gap too long": 1, "flat signal": 1, "empty report": 1, "report too short": 1,
+        "missing record": 1, "unreadable header": 1, "duplicate ecg_id": 1, "unparsable scp_codes": 1,
+    }
 
     rows = {row["ecg_id"]: row for row in kept.to_pylist()}
     assert rows["ptbxl/00006"]["flags"] == ["interpolated 10 invalid samples in lead V2"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.io
 
 from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.records import RecordOptions, prepare_record
@@ -44,9 +48,9 @@ def test_ptbxl_listing_rejects_bad_rows(tmp_path):
     )
     listing = list_source("ptbxl", SourceOptions(input=tmp_path))
     reasons = {r["ecg_id"]: r["reason"] for r in listing.rejected}
-    assert reasons["ptbxl/00002"].startswith("unparsable scp_codes \"{'NORM': 100.0\"")
-    assert reasons["ptbxl/00003"] == "strat_fold 11 is not in 1..10"
-    assert reasons["ptbxl/00001"] == "duplicate ecg_id ptbxl/00001 (first listed at index row 1)"
+    assert reasons["ptbxl/00002"].startswith("unparsable scp_codes: \"{'NORM': 100.0\"")
+    assert reasons["ptbxl/00003"] == "bad strat_fold: 11 is not in 1..10"
+    assert reasons["ptbxl/00001"] == "duplicate ecg_id: ptbxl/00001 (first listed at index row 1)"
     assert listing.records["ecg_id"].tolist() == ["ptbxl/00001"] and listing.records_in == 4
 
 
@@ -109,6 +113,50 @@ def test_wfdb_folder_reads_cinc_comments_any_rate_and_lead_set(tmp_path):
     assert prepared.flags == ["ignored non-standard leads: ABP"] and prepared.signal.shape == (12, 5000)
     with pytest.raises(ValueError, match="--report labels needs a label table"):
         list_source("wfdb", SourceOptions(input=tmp_path, report="labels"))
+
+
+def test_wfdb_folder_lists_what_it_cannot_read_and_follows_folder_links_once(tmp_path):
+    archive, elsewhere = tmp_path / "archive", tmp_path / "elsewhere"
+    write_wfdb(archive / "g1" / "A0001", ecg_like(10, 500), 500)
+    write_wfdb(archive / "g1" / "B0001", ecg_like(10, 500), 500)
+    (archive / "g1" / "B0001.hea").unlink()  # its .dat stays, an orphan
+    cpsc = archive / "cpsc2018"  # CPSC2018's own layout: .mat signals and REFERENCE.csv, no headers
+    cpsc.mkdir()
+    scipy.io.savemat(cpsc / "A0002.mat", {"ECG": {"sex": "Male", "age": 60, "data": np.zeros((12, 5000))}})
+    (cpsc / "REFERENCE.csv").write_text("Recording,First_label,Second_label,Third_label\nA0002,1,,\n")
+    write_wfdb(elsewhere / "C0001", ecg_like(10, 500), 500)
+    (archive / "external").symlink_to(elsewhere, target_is_directory=True)
+    (archive / "mirror").symlink_to(elsewhere, target_is_directory=True)  # a second link to the same folder
+    (archive / "g1" / "loop").symlink_to(archive, target_is_directory=True)  # a loop back to the root
+    (archive / "broken").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+
+    listing = list_source("wfdb", SourceOptions(input=archive))
+    assert listing.records["ecg_id"].tolist() == ["wfdb/external/C0001", "wfdb/g1/A0001"]
+    assert listing.records["record_path"].tolist() == [str(archive / "external" / "C0001"), str(archive / "g1" / "A0001")]
+    assert {r["ecg_id"]: r["reason"] for r in listing.rejected} == {
+        "wfdb/broken": f"broken link: broken → {tmp_path / 'nowhere'} does not exist",
+        "wfdb/cpsc2018/A0002.mat": "no header: orphan signal file cpsc2018/A0002.mat (no A0002.hea beside it)",
+        "wfdb/g1/B0001.dat": "no header: orphan signal file g1/B0001.dat (no B0001.hea beside it)",
+        "wfdb/g1/loop": f"symlinked folder not followed: g1/loop → {os.path.realpath(archive)} is already listed as .",
+        "wfdb/mirror": f"symlinked folder not followed: mirror → {os.path.realpath(elsewhere)} is already listed as external",
+    }
+    assert listing.records_in == 7
+    limited = list_source("wfdb", SourceOptions(input=archive, limit=3))  # the first 3 entries by path
+    assert limited.records["ecg_id"].tolist() == ["wfdb/external/C0001"] and len(limited.rejected) == 2
+    row, prepared = prepare_record(listing.records.iloc[0].to_dict(), PreprocessConfig(), RecordOptions(min_report_words=0))[0]
+    assert row["ecg_id"] == "wfdb/external/C0001" and prepared.lead_mask.all()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder whatever its mode")
+def test_wfdb_folder_lists_an_unreadable_folder(tmp_path):
+    write_wfdb(tmp_path / "open" / "A0001", ecg_like(10, 500), 500)
+    (tmp_path / "closed").mkdir(mode=0)
+    try:
+        listing = list_source("wfdb", SourceOptions(input=tmp_path))
+    finally:
+        (tmp_path / "closed").chmod(0o755)
+    assert listing.rejected[0]["reason"].startswith("unreadable folder: closed: ")
+    assert listing.records_in == 2
 
 
 def test_unknown_source_and_missing_input(tmp_path):

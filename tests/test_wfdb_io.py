@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import wfdb
 
+from pipelines.data.preprocess import PreprocessConfig, preprocess
 from pipelines.data.rejection import RecordRejected
 from pipelines.data.wfdb_io import read_record, write_record
-from tests.archives import ecg_like, rewrite_header, write_wfdb
+from tests.archives import ecg_like, rewrite_header, write_multifile_wfdb, write_wfdb
 
 
 def _wfdb_reference(record_path):
@@ -83,8 +84,28 @@ def test_missing_and_garbled_files_are_rejected(tmp_path):
     with pytest.raises(RecordRejected, match="missing record: no data file"):
         read_record(path)
     (tmp_path / "bad.hea").write_text("bad twelve 500 5000\n")
-    with pytest.raises(RecordRejected, match="unreadable header"):
+    with pytest.raises(RecordRejected, match="unreadable header: "):
         read_record(tmp_path / "bad")
+
+
+PTB_LEADS = ("i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5", "v6", "vx", "vy", "vz")
+
+
+def test_multifile_record_missing_a_signal_file_keeps_the_leads_of_the_others(tmp_path):
+    files = ["s0010_re.dat"] * 12 + ["s0010_re.xyz"] * 3  # PTB Diagnostic: 12 leads + Frank leads apart
+    path = write_multifile_wfdb(tmp_path / "s0010_re", ecg_like(10, 1000, n_leads=15), 1000, PTB_LEADS, files)
+    whole = read_record(path)
+    assert whole.signal.shape == (15, 10000) and whole.flags == []
+    path.with_suffix(".xyz").unlink()
+    partial = read_record(path)
+    assert partial.lead_names == list(PTB_LEADS[:12])
+    np.testing.assert_array_equal(partial.signal, whole.signal[:12])
+    assert partial.flags == ["missing signal file: s0010_re.xyz (leads vx, vy, vz)"]
+    prepared = preprocess(partial, PreprocessConfig())
+    assert prepared.lead_mask.all() and prepared.flags[0] == "missing signal file: s0010_re.xyz (leads vx, vy, vz)"
+    path.with_suffix(".dat").unlink()
+    with pytest.raises(RecordRejected, match=r"missing record: no data file .*s0010_re.dat"):
+        read_record(path)
 
 
 def test_utf8_header_comments_are_decoded_as_utf8_and_latin1_still_reads(tmp_path):

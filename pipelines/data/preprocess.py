@@ -14,6 +14,7 @@ Policy for damaged signals, each decision a flag on the kept row or a `RecordRej
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Literal
@@ -87,15 +88,21 @@ class PreparedSignal:
     flags: list[str]
 
 
+CROP_KEEPS_WINDOWS = 2
+"""Cropping reads only the first this-many windows of a record (the one scored, and as much again so
+resampling and band-pass filtering meet no edge inside it): a record up to that length is prepared
+exactly as if it were read whole, and a long one costs no more than that."""
+
+
 def preprocess(recording: Recording, config: PreprocessConfig) -> PreparedSignal:
     """One ECG → model input, cropped to the configured length; raises `RecordRejected`."""
-    signal, mask, flags = _clean(recording, config)
+    signal, mask, flags = _clean(recording, config, crop=True)
     return _finish(_fit_length(signal, config, flags), mask, config, flags)
 
 
 def preprocess_windows(recording: Recording, config: PreprocessConfig) -> list[PreparedSignal]:
     """Model inputs per `config.long_records`: one cropped row, or one per full window."""
-    signal, mask, flags = _clean(recording, config)
+    signal, mask, flags = _clean(recording, config, crop=config.long_records == "crop")
     n = config.n_samples
     if config.long_records == "crop" or signal.shape[1] < 2 * n:
         return [_finish(_fit_length(signal, config, flags), mask, config, flags)]
@@ -105,23 +112,29 @@ def preprocess_windows(recording: Recording, config: PreprocessConfig) -> list[P
     ]
 
 
-def _clean(recording: Recording, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Leads arranged, invalid samples repaired, flat leads masked, resampled and filtered.
+def _clean(
+    recording: Recording, config: PreprocessConfig, crop: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Leads arranged, invalid samples repaired, flat leads masked, resampled and filtered; with `crop`,
+    only the first `CROP_KEEPS_WINDOWS` windows of the record, cut before any of that work.
 
     Returns (signal float32 [12, T'] at config.fs, lead_mask bool [12], flags).
     """
     if not config.min_fs <= recording.fs <= config.max_fs:
-        raise RecordRejected(f"implausible sampling rate {recording.fs:g} Hz in header")
-    signal, mask, ignored = arrange_leads(recording.signal, recording.lead_names)
-    flags = [f"ignored non-standard leads: {', '.join(ignored)}"] if ignored else []
+        raise RecordRejected(f"implausible sampling rate: {recording.fs:g} Hz in header")
+    raw = recording.signal
+    if crop:
+        raw = raw[:, : math.ceil(CROP_KEEPS_WINDOWS * config.seconds * recording.fs)]
+    signal, mask, ignored = arrange_leads(raw, recording.lead_names)
+    flags = list(recording.flags) + ([f"ignored non-standard leads: {', '.join(ignored)}"] if ignored else [])
     if not mask.any():
-        raise RecordRejected(f"no standard leads among {', '.join(recording.lead_names) or 'none'}")
+        raise RecordRejected(f"no standard leads: none among {', '.join(recording.lead_names) or 'no leads'}")
     _repair_invalid(signal, mask, recording.fs, config, flags)
     _mask_flat(signal, mask, config, flags)
     usable = int(mask.sum())
     if usable < config.min_leads:
-        raise RecordRejected(f"only {usable} usable leads; {config.min_leads} required")
-    signal = _resample(signal, recording.fs, config.fs)
+        raise RecordRejected(f"too few leads: only {usable} usable leads; {config.min_leads} required")
+    signal = _resample(signal, mask, recording.fs, config.fs)
     if config.bandpass is not None:
         sos = scipy_signal.butter(3, config.bandpass, btype="bandpass", fs=config.fs, output="sos")
         signal[mask] = scipy_signal.sosfiltfilt(sos, signal[mask], axis=1)
@@ -148,7 +161,7 @@ def _repair_invalid(signal: np.ndarray, mask: np.ndarray, fs: float, config: Pre
         start, length = _longest_run(bad)
         if length > max_gap:
             raise RecordRejected(
-                f"invalid-sample run of {length} samples ({length / fs:.2f} s) in lead {name} "
+                f"invalid-sample gap too long: run of {length} samples ({length / fs:.2f} s) in lead {name} "
                 f"at {start / fs:.2f} s; at most {config.max_gap_seconds:g} s is interpolated"
             )
         positions = np.arange(bad.size)
@@ -176,13 +189,16 @@ def _mask_flat(signal: np.ndarray, mask: np.ndarray, config: PreprocessConfig, f
             raise RecordRejected(f"flat signal: every lead is constant ({names})")
 
 
-def _resample(signal: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
-    """Polyphase resampling of [12, T] from fs_in to fs_out along time."""
+def _resample(signal: np.ndarray, mask: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
+    """Polyphase resampling of [12, T] from fs_in to fs_out along time, of the present leads (`mask`);
+    absent ones stay zero."""
     if fs_in == fs_out:
         return signal
     ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
-    resampled = scipy_signal.resample_poly(signal, ratio.numerator, ratio.denominator, axis=1)
-    return resampled.astype(np.float32, copy=False)
+    present = scipy_signal.resample_poly(signal[mask], ratio.numerator, ratio.denominator, axis=1)
+    resampled = np.zeros((len(signal), present.shape[1]), dtype=np.float32)
+    resampled[mask] = present
+    return resampled
 
 
 def _fit_length(signal: np.ndarray, config: PreprocessConfig, flags: list[str]) -> np.ndarray:

@@ -30,6 +30,10 @@ class RecordOptions:
     """Seed of splits decided from headers (WFDB folders)."""
 
 
+WINDOW_MARK = "#w"
+"""Between a record's id and its window number in the ecg_id of a windowed row."""
+
+
 def prepare_batch(batch: pa.Table, preprocess: PreprocessConfig, options: RecordOptions) -> pa.Table:
     """Listed records [B rows of LISTING_COLUMNS] → shard rows plus `record_path`, `reject_reason`."""
     rows: list[dict] = []
@@ -53,7 +57,8 @@ def prepare_record(row: dict, preprocess: PreprocessConfig, options: RecordOptio
     expected_fs = row["expected_fs"]
     if expected_fs is not None and recording.fs != expected_fs:
         raise RecordRejected(
-            f"header says {recording.fs:g} Hz where this layout holds {expected_fs:g} Hz records"
+            f"rate disagrees with layout: header says {recording.fs:g} Hz where this layout holds "
+            f"{expected_fs:g} Hz records"
         )
     if row["report"] is None:
         row = fill_from_header(row, recording.comments, options.seed)
@@ -61,7 +66,12 @@ def prepare_record(row: dict, preprocess: PreprocessConfig, options: RecordOptio
     windows = preprocess_windows(recording, preprocess)
     if len(windows) == 1:
         return [(row, windows[0])]
-    return [({**row, "ecg_id": f"{row['ecg_id']}#w{i}"}, window) for i, window in enumerate(windows)]
+    return [({**row, "ecg_id": f"{row['ecg_id']}{WINDOW_MARK}{i}"}, window) for i, window in enumerate(windows)]
+
+
+def record_id_of(ecg_id: str) -> str:
+    """The record a row came from: its `ecg_id` without the window number ("ptbxl/7#w2" → "ptbxl/7")."""
+    return ecg_id.split(WINDOW_MARK)[0]
 
 
 def _checked_report(report: str, options: RecordOptions) -> str:

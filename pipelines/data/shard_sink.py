@@ -23,6 +23,7 @@ from ray.data._internal.execution.interfaces import TaskContext
 from ray.data.block import Block
 from ray.data.datasource.datasink import WriteResult
 
+from pipelines.data.records import record_id_of
 from pipelines.data.schema import shard_schema
 from pipelines.data.sources import REJECTED_COLUMNS
 
@@ -126,7 +127,7 @@ def _write_return(kept: pa.Table, rejected: pa.Table, shards: list[dict]) -> dic
         "rows_by_split_source": Counter(
             f"{split}/{source}" for split, source in zip(kept["split"].to_pylist(), kept["source"].to_pylist())
         ),
-        "records_kept": len({ecg_id.split("#w")[0] for ecg_id in kept["ecg_id"].to_pylist()}),
+        "records_kept": len({record_id_of(ecg_id) for ecg_id in kept["ecg_id"].to_pylist()}),
         "flags": Counter(flag.split(":")[0] for flags in kept["flags"].to_pylist() for flag in flags),
     }
 
@@ -147,5 +148,6 @@ def _totals(rows: Counter, part: int) -> dict[str, int]:
 
 
 def _reason_kind(reason: str) -> str:
-    """The stable part of a reason ("truncated signal: …" → "truncated signal") for counting."""
-    return reason.split(":")[0].split(" (")[0]
+    """The kind of a "kind: detail" reason ("truncated signal: rec.dat holds …" → "truncated signal"),
+    which names no file or number, so that records rejected for one cause count as one group."""
+    return reason.partition(":")[0].strip()

@@ -7,7 +7,8 @@ whose cost is header parsing, not decoding). Everything else goes through `wfdb.
 Tests check the fast path sample for sample against wfdb's reader.
 
 Both paths return a `Recording` in physical units (mV) and raise `RecordRejected` with a reason
-that names the record and what is wrong with it.
+that names the record and what is wrong with it. A record whose signals span several files keeps the
+leads of the files present when one is missing, and says which leads went in its `flags`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.data.rejection import RecordRejected
+
+if TYPE_CHECKING:
+    import wfdb
 
 FORMAT16_NAN = -32768  # WFDB's invalid-sample value for format 16
 WRITE_GAIN = 1000.0  # adc units per mV, as PTB-XL and MIMIC-IV-ECG store them
@@ -32,6 +37,8 @@ class Recording:
     signal: float32 [n_leads, T] in mV; NaN where the file marks a sample invalid.
     lead_names: as written in the header (not yet canonicalised).
     comments: header comment lines without the leading '#'.
+    flags: what reading had to leave out ("missing signal file: s0010_re.xyz (leads vx, vy, vz)"); they
+        become flags of the prepared row.
     """
 
     name: str
@@ -39,6 +46,7 @@ class Recording:
     fs: float
     lead_names: list[str]
     comments: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -59,11 +67,11 @@ def read_record(record_path: str | os.PathLike) -> Recording:
     except FileNotFoundError:
         raise RecordRejected(f"missing record: no header file {header_path}") from None
     except OSError as error:
-        raise RecordRejected(f"unreadable header {header_path}: {error}") from None
+        raise RecordRejected(f"unreadable header: {header_path}: {error}") from None
     try:
         fast = _parse_fast_header(header_text)
     except (ValueError, IndexError) as error:
-        raise RecordRejected(f"unreadable header {header_path}: {error}") from None
+        raise RecordRejected(f"unreadable header: {header_path}: {error}") from None
     if fast is None:
         return _read_with_wfdb(record_path, header_comments(header_text))
     fs, sig_len, specs, comments = fast
@@ -129,7 +137,7 @@ def _read_format16(
     except FileNotFoundError:
         raise RecordRejected(f"missing record: no data file {data_path}") from None
     except OSError as error:
-        raise RecordRejected(f"unreadable data file {data_path}: {error}") from None
+        raise RecordRejected(f"unreadable data file: {data_path}: {error}") from None
     expected = n_sig * sig_len
     if samples.size < expected:
         raise RecordRejected(
@@ -158,14 +166,14 @@ def _read_format16(
 def _read_with_wfdb(record_path: Path, comments: list[str]) -> Recording:
     """wfdb's reader for the formats the fast path does not take; the comments come from our own decoding
     of the header (wfdb reads it as latin-1)."""
-    import wfdb
-
     try:
-        record = wfdb.rdrecord(str(record_path))
+        record, flags = _read_present_signal_files(record_path)
+    except RecordRejected:
+        raise
     except Exception as error:  # wfdb raises many types for damaged files
-        raise RecordRejected(f"unreadable record {record_path}: {type(error).__name__}: {error}") from None
+        raise RecordRejected(f"unreadable record: {record_path}: {type(error).__name__}: {error}") from None
     if record.p_signal is None or record.p_signal.size == 0:
-        raise RecordRejected(f"empty record {record_path}: no samples")
+        raise RecordRejected(f"empty record: {record_path} has no samples")
     if record.sig_len and record.p_signal.shape[0] < record.sig_len:
         raise RecordRejected(
             f"truncated signal: {record_path.name} holds {record.p_signal.shape[0]} of "
@@ -177,7 +185,32 @@ def _read_with_wfdb(record_path: Path, comments: list[str]) -> Recording:
         fs=float(record.fs),
         lead_names=list(record.sig_name),
         comments=comments,
+        flags=flags,
     )
+
+
+def _read_present_signal_files(record_path: Path) -> tuple[wfdb.Record, list[str]]:
+    """(wfdb record, flags): the whole record, or, when some of its signal files are missing (a
+    multi-file record whose `.xyz` was not copied), the signals of the files present and a flag per
+    missing file. No file present rejects the record."""
+    import wfdb
+
+    try:
+        return wfdb.rdrecord(str(record_path)), []
+    except FileNotFoundError:
+        header = wfdb.rdheader(str(record_path))
+    files = header.file_name or []  # None for multi-segment records
+    missing = [name for name in dict.fromkeys(files) if not (record_path.parent / name).is_file()]
+    if not missing:
+        return wfdb.rdrecord(str(record_path)), []  # another file was missing: raises again, with its name
+    present = [channel for channel, name in enumerate(files) if name not in missing]
+    if not present:
+        raise RecordRejected(f"missing record: no data file {record_path.parent / missing[0]}")
+    flags = [
+        f"missing signal file: {name} (leads {', '.join(lead for lead, f in zip(header.sig_name, files) if f == name)})"
+        for name in missing
+    ]
+    return wfdb.rdrecord(str(record_path), channels=present), flags
 
 
 def write_record(

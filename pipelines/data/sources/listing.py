@@ -13,6 +13,8 @@ LISTING_COLUMNS = ["ecg_id", "patient_id", "record_path", "report", "labels", "s
 split: None means decided from the header (wfdb folders); expected_fs: the rate the layout implies."""
 
 REJECTED_COLUMNS = ["ecg_id", "source", "record_path", "reason"]
+"""reason: "kind: detail", as every rejection reason reads: the kind (before the first ':') names what
+is wrong in words alone, no path or number, so the manifest counts by it; the detail names the file."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def reject_duplicate_ids(rows: pd.DataFrame, rejected: list[dict]) -> pd.DataFra
                 "ecg_id": row.ecg_id,
                 "source": row.source,
                 "record_path": row.record_path,
-                "reason": f"duplicate ecg_id {row.ecg_id} (first listed at index row {first_position[row.ecg_id] + 1})",
+                "reason": f"duplicate ecg_id: {row.ecg_id} (first listed at index row {first_position[row.ecg_id] + 1})",
             }
         )
     return rows[~duplicated].reset_index(drop=True)

@@ -46,7 +46,7 @@ def list_records(options: SourceOptions) -> Listing:
         if row.study_id not in reports.index:
             rejected.append(
                 {"ecg_id": ecg_id, "source": source, "record_path": record_path,
-                 "reason": f"study_id {row.study_id} has no row in machine_measurements.csv"}
+                 "reason": f"no machine measurements: study_id {row.study_id} has no row in machine_measurements.csv"}
             )
             continue
         statements = [getattr(row, c) for c in report_columns]

@@ -44,12 +44,12 @@ def list_records(options: SourceOptions) -> Listing:
             if not isinstance(codes, dict):
                 raise ValueError("not a dict")
         except (ValueError, SyntaxError) as error:
-            reason = f"unparsable scp_codes {row.scp_codes!r}: {error}"
+            reason = f"unparsable scp_codes: {row.scp_codes!r}: {error}"
         fold = row.strat_fold
         if reason is None and fold not in FOLD_SPLITS:
-            reason = f"strat_fold {fold!r} is not in 1..10"
+            reason = f"bad strat_fold: {fold!r} is not in 1..10"
         if reason is None and record_path is None:
-            reason = "no record file named (filename_lr and filename_hr are empty)"
+            reason = "no record file named: filename_lr and filename_hr are empty"
         if reason is not None:
             rejected.append({"ecg_id": ecg_id, "source": source, "record_path": record_path, "reason": reason})
             continue
