@@ -8,17 +8,22 @@
 The archive is listed on the driver (metadata only), the list becomes a Ray dataset, reading and
 preprocessing run in `map_batches` tasks across the cluster, and a `ShardSink` writes bounded-size
 shards as rows stream out. The output holds `part-*.parquet` (the data contract in
-`pipelines/data/schema.py`), `rejected.parquet` (ecg_id, source, record_path, reason) and
-`manifest.json` (counts per split and source, rejection reasons, preprocessing, schema, timing).
-Records in = records kept + records rejected, always. On a cluster the archive must be on storage
-that every node mounts at the same path.
+`pipelines/data/schema.py`), `rejected.parquet` (ecg_id, source, record_path, reason),
+`manifest.json` (counts per split and source, rejection reasons, preprocessing, schema, timing) and
+`made_by.json` (`pipelines.outputs`: this command made the folder). Records in = records kept + records
+rejected, always. A local output is written into a sibling folder and swapped in when complete, so
+`--overwrite` replaces a dataset prepare made (never another folder) only once the new one is whole.
+On a cluster the archive must be on storage that every node mounts at the same path.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -28,15 +33,17 @@ import ray
 from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.records import RecordOptions, prepare_batch
+from pipelines.data.rejection_hint import dominant_rejection_hint
 from pipelines.data.shard_sink import ShardSink
 from pipelines.data.sources import Listing, SourceOptions, list_source
+from pipelines.data.trained_with import MANIFEST_FILE
 from pipelines.logs import init_ray, setup_logging
+from pipelines.outputs import OutputRefused, check_output, mark, written_beside
 from pipelines.progress import ProgressLine
 
 log = logging.getLogger("pipelines.prepare")
 
 SOURCES = ("ptbxl", "mimic", "wfdb", "synthetic")
-OUTPUT_FILES = ("manifest.json", "rejected.parquet")
 
 
 def prepare(
@@ -155,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows-per-shard", type=int, default=512, help="upper bound of rows in one part-*.parquet")
     parser.add_argument("--raw-dir", default=None,
                         help="synthetic only: where the generated WFDB archive goes (default: OUTPUT-wfdb)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in --output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset prepare made in --output (written beside it, swapped in when complete; "
+                             "any other folder is refused)")
     return parser
 
 
@@ -179,48 +188,73 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.min_report_words < 0:
         parser.error(f"--min-report-words must be 0 or more, got {args.min_report_words}")
-    output = _output_location(args.output, args.overwrite, parser)
-    setup_logging(None if "://" in output else Path(output) / "logs" / "prepare.log")
     if args.source == "synthetic":
         if not (args.input.isdigit() and int(args.input) > 0) and not Path(args.input).is_file():
             parser.error(f"--input for synthetic must be a positive number of ECGs or a config file, got {args.input!r}")
-        raw_dir = Path(args.raw_dir or f"{args.output.rstrip('/')}-wfdb").absolute()
+    elif not Path(args.input).is_dir():
+        parser.error(f"--input {args.input} is not a directory")
+    output = _output_location(args.output, args.overwrite, parser)
+    made_with = {"source": args.source, "input": args.input, "preprocessing": preprocess.to_dict()}
+    with _written_in_full(output, made_with) as written:
+        setup_logging(None if "://" in written else Path(written) / "logs" / "prepare.log")
         init_ray()
-        input_dir = generate_synthetic(args.input, raw_dir)
-    else:
-        input_dir = Path(args.input).absolute()
-        if not input_dir.is_dir():
-            parser.error(f"--input {args.input} is not a directory")
-        init_ray()
-    options = SourceOptions(input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed)
-    try:
-        manifest = prepare(
-            args.source,
-            options,
-            output,
-            preprocess=preprocess,
-            records=RecordOptions(min_report_words=args.min_report_words, seed=args.seed),
-            batch_size=args.batch_size,
-            rows_per_shard=args.rows_per_shard,
-        )
-    except ValueError as error:  # a layout that is not what --source says
-        parser.error(str(error))
+        if args.source == "synthetic":
+            raw_dir = Path(args.raw_dir or f"{args.output.rstrip('/')}-wfdb").absolute()
+            input_dir = generate_synthetic(args.input, raw_dir)
+        else:
+            input_dir = Path(args.input).absolute()
+        options = SourceOptions(input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed)
+        try:
+            manifest = prepare(
+                args.source,
+                options,
+                written,
+                preprocess=preprocess,
+                records=RecordOptions(min_report_words=args.min_report_words, seed=args.seed),
+                batch_size=args.batch_size,
+                rows_per_shard=args.rows_per_shard,
+            )
+        except ValueError as error:  # a layout that is not what --source says
+            parser.error(str(error))
     print(summary_line(manifest, output))
+    if hint := dominant_rejection_hint(manifest):
+        log.warning(hint)
     return manifest
 
 
 def _output_location(output: str, overwrite: bool, parser: argparse.ArgumentParser) -> str:
-    """An absolute path (created, and cleared with --overwrite) or a URI passed through."""
+    """An absolute path that is new, empty or (with --overwrite) a dataset prepare made, or a URI as it
+    is. Nothing is written or deleted here. A URI (s3://…) is written in place, unchecked, as before
+    outputs carried a marker: pyarrow's object stores have no folder rename to swap a dataset with."""
     if "://" in output:
         return output
     path = Path(output).absolute()
-    existing = [p for p in path.glob("part-*.parquet")] + [path / f for f in OUTPUT_FILES if (path / f).exists()]
-    if existing and not overwrite:
-        parser.error(f"--output {output} already holds a prepared dataset; pass --overwrite to replace it")
-    for file in existing:
-        file.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        check_output(path, "prepare", {}, overwrite=overwrite, resume=False, legacy=prepared_before_markers)
+    except OutputRefused as error:
+        parser.error(str(error))
     return str(path)
+
+
+@contextmanager
+def _written_in_full(output: str, made_with: dict) -> Iterator[str]:
+    """Where to write the dataset: for a local path a marked sibling folder that replaces `output` only
+    once the block completes (a failed run leaves the old dataset whole); a URI itself."""
+    if "://" in output:
+        yield output
+        return
+    with written_beside(output) as new:
+        mark(new, "prepare", made_with)
+        yield str(new)
+
+
+def prepared_before_markers(path: Path) -> dict | None:
+    """A dataset prepared before outputs carried a marker: its manifest lists shards and counts records."""
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return {} if isinstance(manifest, dict) and {"shards", "records_in"} <= manifest.keys() else None
 
 
 def summary_line(manifest: dict, output: str) -> str:

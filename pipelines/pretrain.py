@@ -7,7 +7,9 @@
 
 Overrides are `section.field=value`: sections `ecg`, `text`, `objective` (models/config.py) and
 `train` (pipelines/training/config.py). Rerunning with the same --output resumes from its latest
-checkpoint. `pipelines.pretrain_lm` is MELP's stage 1 (masked-LM on report text) on the same machinery.
+checkpoint (a different config is refused, naming the field); --overwrite replaces a run directory that
+pretraining made (its made_by.json), never another folder, and only after --data has been checked.
+`pipelines.pretrain_lm` is MELP's stage 1 (masked-LM on report text) on the same machinery.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from models.config import ModelConfig, available_configs
 from models.factory import resolve_config
 from models.objectives import objective_names
 from pipelines.logs import init_ray, setup_logging
 from pipelines.training.config import TrainConfig
-from pipelines.training.launch import LOGS_DIR, check_run, pretrain
+from pipelines.training.launch import check_run, pretrain
 from pipelines.training.overrides import parse_overrides
 
 
@@ -43,7 +44,8 @@ def build_parser(description: str = __doc__, objectives: Sequence[str] | None = 
     parser.add_argument("--epochs", type=int, help="passes over the train split (train.epochs)")
     parser.add_argument("--val-rows", type=int, default=2000, help="validate on at most this many val rows")
     parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local one)")
-    parser.add_argument("--overwrite", action="store_true", help="delete --output first instead of resuming it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output instead of resuming it (only a run directory pretraining made)")
     parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
     return parser
 
@@ -60,18 +62,26 @@ def resolve(args: argparse.Namespace, objective: str | None = None) -> tuple[Mod
     return model_config, train_config
 
 
-def run(args: argparse.Namespace, model_config: ModelConfig, train_config: TrainConfig) -> dict:
-    setup_logging(Path(args.output) / LOGS_DIR / "pretrain.log")
+def run(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, model_config: ModelConfig, train_config: TrainConfig
+) -> dict:
+    """The run, logged to the console and, once the run directory is claimed, to RUN_DIR/logs/pretrain.log.
+    Data that cannot train and a run directory that may not be used end the command with a usage error."""
+    setup_logging()
     init_ray(args.address)
-    return pretrain(
-        args.data,
-        args.output,
-        model_config,
-        train_config,
-        task=args.task,
-        val_rows=args.val_rows,
-        overwrite=args.overwrite,
-    )
+    try:
+        return pretrain(
+            args.data,
+            args.output,
+            model_config,
+            train_config,
+            task=args.task,
+            val_rows=args.val_rows,
+            overwrite=args.overwrite,
+            log_file="pretrain.log",
+        )
+    except ValueError as error:  # checked before training: the data, the run directory
+        parser.error(str(error))
 
 
 def print_summary(metrics: dict) -> None:
@@ -91,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_config, train_config = resolve(args)
     except ValueError as error:
         parser.error(str(error))
-    print_summary(run(args, model_config, train_config))
+    print_summary(run(parser, args, model_config, train_config))
     return 0
 
 

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_config, train_config = resolve(args, objective=OBJECTIVE)
     except ValueError as error:
         parser.error(str(error))
-    print_summary(run(args, model_config, train_config))
+    print_summary(run(parser, args, model_config, train_config))
     print(f"text encoder: {args.output}/{EXPORT_DIR}/{TEXT_ENCODER_DIR}")
     return 0
 

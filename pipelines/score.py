@@ -7,17 +7,23 @@ streamed through Ray Data with the model loaded once per actor.
 
 Output: `scores/<unit>.parquet` (`ecg_id`, `score_<label>` per label, `embedding` with --embeddings),
 `rejected/<unit>.parquet` and `rejected_listing.parquet` (each unreadable record with its reason), and
-`summary.json` (records in = scored + rejected). A unit is one input shard, or `--part-size` listed
-records of an archive; a rerun into the same output skips the units already written.
+`summary.json` (records in = scored + rejected, counted from the parts on disk; counts that do not
+reconcile raise instead of being written). A unit is one input shard, or `--part-size` listed records of
+an archive. The output's `made_by.json` records what made it (the export's fingerprint, task and labels,
+source, part size, embeddings, a fingerprint of the input's unit listing): a rerun that matches skips
+the units already written, one that differs is refused naming the difference (`--overwrite` replaces an
+output that scoring made, and nothing else).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,11 +31,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from models.model import export_fingerprint
+from pipelines.data.records import record_id_of
 from pipelines.data.shard_sink import REJECTED_SCHEMA
 from pipelines.data.sources import SourceOptions, list_source
 from pipelines.data.trained_with import TrainedWith
+from pipelines.labels.tasks import load_task
 from pipelines.logs import init_ray, setup_logging
-from pipelines.serving.batch import ScoreUnits, unit_done
+from pipelines.outputs import claim_output
+from pipelines.serving.batch import REJECTED_DIR, SCORES_DIR, ScoreUnits, unit_done
 
 log = logging.getLogger("pipelines.score")
 
@@ -79,15 +89,34 @@ def score(
     part_size: int = 1000,
     embeddings: bool = False,
     actors: int = 1,
+    overwrite: bool = False,
+    log_file: str | None = None,
 ) -> dict:
     """Score every unit not yet written; returns the summary also written to `summary.json`. Archives are
-    preprocessed as the export's training data was; shards must have been prepared that way (checked)."""
+    preprocessed as the export's training data was; shards must have been prepared that way (checked).
+    The input is listed and checked before the output is claimed (`pipelines.outputs`; OutputRefused
+    names what differs); `log_file` then also logs to `OUTPUT/logs/<log_file>`."""
     started = time.time()
+    input_dir = Path(input_path).resolve()
+    trained_with = TrainedWith.of_export(model_dir)
     if source == "shards":
-        TrainedWith.of_export(model_dir).check_shards([input_path])
+        trained_with.check_shards([input_path])
+    units, listing_rejected, records_in = work_units(input_dir, source, part_size)
+    task = task or trained_with.task
+    labels = labels or list(load_task(task).codes)
+    made_with = {
+        "model": export_fingerprint(model_dir),
+        "task": task,
+        "labels": labels,
+        "source": source,
+        "part_size": None if source == "shards" else part_size,
+        "embeddings": embeddings,
+        "input_listing": _listing_fingerprint(units),
+    }
     output_dir = Path(output).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    units, listing_rejected, records_in = work_units(Path(input_path).resolve(), source, part_size)
+    claim_output(output_dir, "score", made_with, overwrite=overwrite)
+    if log_file:
+        setup_logging(output_dir / "logs" / log_file)
     todo = [unit for unit in units if not unit_done(output_dir, unit["unit"])]
     if listing_rejected is not None:
         pq.write_table(listing_rejected, output_dir / "rejected_listing.parquet")
@@ -108,19 +137,46 @@ def score(
                 "embeddings": embeddings,
             },
         ).materialize()
-    summary = _account(output_dir, units, listing_rejected, records_in)
+    summary = _account(output_dir, units, listing_rejected, records_in, by_record=source != "shards")
     summary["elapsed_seconds"] = time.time() - started
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _account(output_dir: Path, units: list[dict], listing_rejected: pa.Table | None, records_in: int) -> dict:
-    """Every record in is scored or rejected: counted from the parts on disk."""
-    scored = sum(pq.ParquetFile(output_dir / "scores" / f"{u['unit']}.parquet").metadata.num_rows for u in units)
-    rejected_files = [output_dir / "rejected" / f"{u['unit']}.parquet" for u in units]
+def _listing_fingerprint(units: list[dict]) -> str:
+    """16 hex digits over the units (names, shard paths and sizes, or listed records): what a rerun must
+    find again to continue an output."""
+    digest = hashlib.sha256(json.dumps(units, sort_keys=True).encode())
+    for unit in units:
+        if unit["shard_path"]:
+            digest.update(str(Path(unit["shard_path"]).stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def _account(
+    output_dir: Path, units: list[dict], listing_rejected: pa.Table | None, records_in: int, by_record: bool
+) -> dict:
+    """Every record in is scored or rejected, counted from the parts on disk: `scored` is the number of
+    distinct records among the score rows (of distinct `ecg_id`s for shards, whose rows are the records
+    in). RuntimeError when an id is scored twice or the counts do not add up: parts of different runs."""
+    parts = [output_dir / SCORES_DIR / f"{u['unit']}.parquet" for u in units]
+    ids = [ecg_id for part in parts for ecg_id in pq.read_table(part, columns=["ecg_id"])["ecg_id"].to_pylist()]
+    if len(set(ids)) != len(ids):
+        twice = next(ecg_id for ecg_id, count in Counter(ids).items() if count > 1)
+        raise RuntimeError(
+            f"{output_dir / SCORES_DIR}: {len(ids) - len(set(ids))} ecg_id(s) are scored more than once (first: "
+            f"{twice}); the parts come from different runs. Rerun with --overwrite"
+        )
+    scored = len({record_id_of(ecg_id) for ecg_id in ids}) if by_record else len(ids)
+    rejected_files = [output_dir / REJECTED_DIR / f"{u['unit']}.parquet" for u in units]
     rejected = sum(pq.ParquetFile(p).metadata.num_rows for p in rejected_files if p.is_file())
     rejected += 0 if listing_rejected is None else listing_rejected.num_rows
-    return {"records_in": records_in, "scored": scored, "rejected": rejected, "units": len(units)}
+    if scored + rejected != records_in:
+        raise RuntimeError(
+            f"{output_dir}: {scored} scored + {rejected} rejected != {records_in} records in; the parts do not "
+            "match the input. Rerun with --overwrite"
+        )
+    return {"records_in": records_in, "scored": scored, "rejected": rejected, "rows": len(ids), "units": len(units)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,7 +192,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--actors", type=int, default=1, help="scoring actors (one model each)")
     parser.add_argument("--embeddings", action="store_true", help="also write each ECG's embedding")
     parser.add_argument("--address", help="Ray cluster address (default: a local one)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output this command made before (one made differently is refused without it)")
     args = parser.parse_args(argv)
+    for flag, path in (("--model", args.model), ("--input", args.input)):
+        if not Path(path).exists():
+            parser.error(f"{flag} {path} does not exist")
+    if not Path(args.input).is_dir():
+        parser.error(f"--input {args.input} is not a directory")
+    for name in ("batch_size", "part_size", "actors"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     try:
         labels = json.loads(Path(args.labels).read_text()) if args.labels else None
         if labels is not None and not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
@@ -145,20 +211,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--labels {args.labels}: {error}")
     except ValueError as error:
         parser.error(str(error))
-    setup_logging(Path(args.output) / "logs" / "score.log")
+    setup_logging()
     init_ray(args.address)
-    summary = score(
-        args.model,
-        args.input,
-        args.output,
-        source=args.source,
-        task=args.task,
-        labels=labels,
-        batch_size=args.batch_size,
-        part_size=args.part_size,
-        embeddings=args.embeddings,
-        actors=args.actors,
-    )
+    try:
+        summary = score(
+            args.model,
+            args.input,
+            args.output,
+            source=args.source,
+            task=args.task,
+            labels=labels,
+            batch_size=args.batch_size,
+            part_size=args.part_size,
+            embeddings=args.embeddings,
+            actors=args.actors,
+            overwrite=args.overwrite,
+            log_file="score.log",
+        )
+    except ValueError as error:  # the export, the input or the output is not what it must be
+        parser.error(str(error))
     print(
         f"scored {summary['scored']:,} ECGs, rejected {summary['rejected']:,}, of {summary['records_in']:,} in "
         f"{summary['elapsed_seconds']:.0f} s → {args.output}"

@@ -3,6 +3,7 @@ when CI provides it."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def ray_cluster():
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def restore_logging():
+    """main() of a command adds logging handlers (a file under its output, a console on the test's captured
+    stderr); take them off after the test."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_ecg_fm", False)]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ def test_wrong_arguments_exit_nonzero_with_a_message(tmp_path, args, message):
 
 
 def test_existing_output_is_not_overwritten_silently(tmp_path):
-    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "manifest.json").write_text('{"records_in": 0, "shards": []}')  # a prepared dataset
     result = run_prepare("--source", "ptbxl", "--input", ".", "--output", str(tmp_path))
     assert result.returncode == 2 and "pass --overwrite" in result.stderr
 

@@ -1,5 +1,6 @@
 """Batch scoring with Ray Data: 1,000 synthetic WFDB records (two of them damaged) scored from the archive,
-every record accounted for, a sample equal to the direct path, and a rerun that skips finished parts."""
+every record accounted for, a sample equal to the direct path, a rerun that skips finished parts, and a
+rerun that differs (part size, labels, model) refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 
 from models.factory import create_model
 from pipelines.data.wfdb_io import read_record
+from pipelines.outputs import OutputRefused
+from pipelines.score import main as score_main
 from pipelines.score import score
 from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
@@ -91,3 +94,64 @@ def test_records_rejected_while_listing_are_accounted_for(ray_cluster, export, t
     assert summary["scored"] + summary["rejected"] == summary["records_in"]
     scored = pq.read_table(tmp_path / "scores" / "scores")["ecg_id"].to_pylist()
     assert len(scored) == len(set(scored)) == summary["scored"]
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory):
+    """12 readable records in PTB-XL's layout."""
+    return write_ptbxl_archive(tmp_path_factory.mktemp("score-small"), [{"ecg_id": i} for i in range(1, 13)])
+
+
+def parts_on_disk(output) -> dict:
+    return {p.relative_to(output).as_posix(): p.read_bytes() for p in sorted(output.rglob("*.parquet"))}
+
+
+def test_a_rerun_that_differs_is_refused_naming_the_difference(ray_cluster, export, small_archive, tmp_path):
+    """Issue 13: a rerun with another part size wrote 900 rows for 600 ECGs; another label set mixed columns."""
+    output = tmp_path / "scores"
+    first = score(str(export), str(small_archive), str(output), source="ptbxl", part_size=4)
+    ids = pq.read_table(output / "scores")["ecg_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == first["scored"] == 12 and first["scored"] + first["rejected"] == first["records_in"]
+    before = parts_on_disk(output)
+    other = tmp_path / "other-export"
+    torch.manual_seed(1)
+    create_model("tiny", objective="melp")[0].save_pretrained(other)
+    for changed, field in (
+        ({"part_size": 6}, "part_size: 4 there, 6 now"),
+        ({"labels": ["AFIB"]}, "labels: "),
+        ({"embeddings": True}, "embeddings: False there, True now"),
+    ):
+        with pytest.raises(OutputRefused, match=field):
+            score(str(export), str(small_archive), str(output), source="ptbxl", **{"part_size": 4, **changed})
+    with pytest.raises(OutputRefused, match="model: "):
+        score(str(other), str(small_archive), str(output), source="ptbxl", part_size=4)
+    assert parts_on_disk(output) == before, "a refused rerun changes nothing"
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputRefused, match="was not made by score"):
+        score(str(export), str(small_archive), str(notes), source="ptbxl", overwrite=True)
+    assert [p.name for p in notes.iterdir()] == ["notes.txt"]
+
+    replaced = score(str(export), str(small_archive), str(output), source="ptbxl", part_size=6, overwrite=True)
+    assert replaced["units"] == 2 and pq.read_table(output / "scores").num_rows == replaced["scored"] == 12
+
+    # A part that holds another part's ids (parts of two runs): the counts cannot reconcile, no summary.
+    (output / "summary.json").unlink()
+    scores = output / "scores"
+    (scores / "part-00001.parquet").write_bytes((scores / "part-00000.parquet").read_bytes())
+    with pytest.raises(RuntimeError, match="more than once"):
+        score(str(export), str(small_archive), str(output), source="ptbxl", part_size=6)
+    assert not (output / "summary.json").exists()
+
+
+@pytest.mark.parametrize("missing", ["--input", "--model"])
+def test_a_missing_input_or_model_is_a_usage_error_and_creates_nothing(missing, export, small_archive, tmp_path, capsys):
+    arguments = {"--model": str(export), "--input": str(small_archive), "--output": str(tmp_path / "out")}
+    arguments[missing] = str(tmp_path / "nowhere")
+    with pytest.raises(SystemExit) as exit_info:
+        score_main([*(x for pair in arguments.items() for x in pair), "--source", "ptbxl"])
+    assert exit_info.value.code == 2
+    assert f"{missing} {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

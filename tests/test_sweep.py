@@ -1,5 +1,6 @@
 """A real Ray Tune sweep: four trials, each a Ray Train + DeepSpeed pretraining run, under ASHA; one
-trial crashes on purpose; the best export loads and scores; a restarted sweep reruns nothing."""
+trial crashes on purpose; the best export loads and scores; a restarted sweep reruns nothing, and one
+with another space is refused."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from matplotlib.image import imread
 
@@ -14,6 +16,7 @@ from models.model import ECGTextModel
 from pipelines.evaluation.predict import predict_split
 from pipelines.labels.tasks import load_task
 from pipelines.labels.zero_shot import task_scores
+from pipelines.outputs import OutputRefused
 from tune.sweep import BEST_DIR, sweep
 
 SPACE = {
@@ -61,3 +64,6 @@ def test_asha_sweep_records_the_crash_picks_a_best_export_and_resumes_without_re
     assert resumed["trials"] == summary["trials"]
     assert [path.stat().st_mtime_ns for path in sorted(output.glob("trials/*/metrics.json"))] == stamps
     assert resumed["best"]["trial"] == best["trial"]
+    space_file.write_text(json.dumps({**SPACE, "objective.beat_weight": {"fixed": 0.3}}))
+    with pytest.raises(OutputRefused, match=r"space.objective.beat_weight.fixed: 0.2 there, 0.3 now"):
+        sweep(data, output, **arguments)  # another space into the same output: refused, not mixed

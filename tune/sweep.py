@@ -8,7 +8,9 @@ DeepSpeed pretraining run; the best trial's export lands in `SWEEP_DIR/best/`.
 
 ASHA stops weak trials after each validation (`--grace-epochs`); a trial that fails is recorded as
 failed and the sweep goes on. Rerunning with the same --output resumes the sweep (`Tuner.restore`):
-finished trials are not rerun, unfinished ones resume from their last checkpoint. Output:
+finished trials are not rerun, unfinished ones resume from their last checkpoint. The output's
+`made_by.json` records the data, config, space and search: a rerun that differs is refused naming the
+field (`--overwrite` replaces a sweep's output, and no other folder). Output:
 `best/` (an export: config.json, model.safetensors, tokenizer/), `results.csv`, `results.md`,
 `metric_vs_parameters.png`, `trials/<trial id>/` (each trial's pretraining run directory) and Tune's
 own folder `sweep/`.
@@ -30,7 +32,9 @@ from ray.tune.schedulers import ASHAScheduler
 
 from models.config import available_configs
 from models.factory import resolve_config
+from pipelines.data.trained_with import TrainedWith
 from pipelines.logs import init_ray, setup_logging
+from pipelines.outputs import claim_output
 from pipelines.training.config import TrainConfig
 from pipelines.training.overrides import parse_overrides
 from tune.results import METRIC, copy_best, plot_metric_against_parameters, trial_rows, write_tables
@@ -115,14 +119,35 @@ def sweep(
     grace_epochs: int = 1,
     max_concurrent: int | None = None,
     val_rows: int = 512,
+    overwrite: bool = False,
+    log_file: str | None = None,
 ) -> dict:
-    """Run (or resume) the sweep; returns the summary: best trial, trials by status, concurrency."""
+    """Run (or resume) the sweep; returns the summary: best trial, trials by status, concurrency. The
+    inputs are checked before the output is claimed (`pipelines.outputs`); `log_file` then also logs to
+    `OUTPUT/logs/<log_file>`."""
     output = Path(output).resolve()
     space = load_space(objective, space_file)
     if search == "grid":
         space = as_grid(space)
     resolve_config(config, objective)  # a bad config name fails here, not in every trial
     base_train = TrainConfig().with_overrides({"workers": workers_per_trial, **(train_overrides or {})})
+    # Trials run in their own working directories: local data folders are passed as absolute paths.
+    folders = [str(Path(d).resolve()) if Path(d).exists() else str(d) for d in data]
+    TrainedWith.of_shards(folders)  # every folder a prepared dataset, prepared alike
+    made_with = {
+        "data": folders,
+        "config": config,
+        "objective": objective,
+        "space": space,
+        "search": search,
+        "num_samples": num_samples,
+        "train": base_train.to_dict(),
+        "grace_epochs": grace_epochs,
+        "val_rows": val_rows,
+    }
+    claim_output(output, "sweep", made_with, overwrite=overwrite)
+    if log_file:
+        setup_logging(output / "logs" / log_file)
     if not ray.is_initialized():
         ray.init()
     resources = ray.cluster_resources()
@@ -134,8 +159,6 @@ def sweep(
         resources.get("GPU", 0) if base_train.use_gpu else None,
     )
     base_train = base_train.with_overrides({"cpus_per_worker": cpus_per_worker})
-    # Trials run in their own working directories: local data folders are passed as absolute paths.
-    folders = [str(Path(d).resolve()) if Path(d).exists() else str(d) for d in data]
     spec = SweepSpec(folders, config, objective, base_train.to_dict(), val_rows, str(output / TRIALS_DIR))
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec.to_dict()), {"CPU": TRIAL_DRIVER_CPU})
     tune_path = output / TUNE_DIR
@@ -202,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-concurrent", type=int, help="cap on trials at once (default: what fits)")
     parser.add_argument("--val-rows", type=int, default=512)
     parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local one)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --output instead of resuming (only a sweep's own output is replaced)")
     parser.add_argument("overrides", nargs="*", metavar="train.field=value", help="base training config overrides")
     args = parser.parse_args(argv)
     try:
@@ -212,22 +237,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         search_algorithm(args.search, as_grid(space) if args.search == "grid" else space)
     except ValueError as error:
         parser.error(str(error))
-    setup_logging(Path(args.output) / "logs" / "sweep.log")
+    setup_logging()
     init_ray(args.address)
-    summary = sweep(
-        args.data,
-        args.output,
-        config=args.config,
-        objective=args.objective,
-        space_file=args.space,
-        search=args.search,
-        num_samples=args.num_samples,
-        workers_per_trial=args.workers_per_trial,
-        train_overrides=train,
-        grace_epochs=args.grace_epochs,
-        max_concurrent=args.max_concurrent,
-        val_rows=args.val_rows,
-    )
+    try:
+        summary = sweep(
+            args.data,
+            args.output,
+            config=args.config,
+            objective=args.objective,
+            space_file=args.space,
+            search=args.search,
+            num_samples=args.num_samples,
+            workers_per_trial=args.workers_per_trial,
+            train_overrides=train,
+            grace_epochs=args.grace_epochs,
+            max_concurrent=args.max_concurrent,
+            val_rows=args.val_rows,
+            overwrite=args.overwrite,
+            log_file="sweep.log",
+        )
+    except ValueError as error:  # the data or the output folder (checked before any trial starts)
+        parser.error(str(error))
     print(f"trials: {summary['trials']}; {summary['concurrent_trials']} at once")
     best = summary["best"]
     if best is None:

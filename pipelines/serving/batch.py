@@ -2,8 +2,9 @@
 by a callable class that loads the export once per actor and writes one output part per unit.
 
 A unit's part is written to a temporary name and renamed when complete, so a rerun into the same
-output skips exactly the units whose part exists. Reading uses the prepare stage's `prepare_batch`
-(archives) or the shard columns as written (shards); scoring uses `Scorer`, as the Serve app does.
+output (made the same way: `pipelines.score` checks its record) skips exactly the units whose part
+exists. Reading uses the prepare stage's `prepare_batch` (archives) or the shard columns as written
+(shards); scoring uses `Scorer`, as the Serve app does.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ def unit_done(output: Path, unit: str) -> bool:
 
 class ScoreUnits:
     """`map_batches` callable: each row of a batch is a unit {unit, shard_path or records (the unit's
-    listed records as JSON)}; returns a summary row per unit (unit, rows scored, rows rejected)."""
+    listed records as JSON)}; returns a summary row per unit (unit, rows scored, rows rejected). `labels`
+    are resolved by the driver, which records them with the output."""
 
     def __init__(
-        self, model_dir: str, task: str, labels: list[str] | None, output: str, batch_size: int, embeddings: bool
+        self, model_dir: str, task: str, labels: list[str], output: str, batch_size: int, embeddings: bool
     ) -> None:
         self.scorer = Scorer(model_dir, task, threads=None)
-        self.labels = labels or list(self.scorer.default_labels)
+        self.labels = labels
         self.output = Path(output)
         self.batch_size = batch_size
         self.embeddings = embeddings

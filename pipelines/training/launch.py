@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +28,8 @@ from models.config import ModelConfig
 from models.objectives import objective_class
 from pipelines.data.trained_with import TrainedWith
 from pipelines.labels.tasks import Task, load_task
+from pipelines.logs import setup_logging
+from pipelines.outputs import check_output, claim_output
 from pipelines.training.checkpoints import export_checkpoint
 from pipelines.training.config import TrainConfig
 from pipelines.training.console import RelayedConsole
@@ -71,16 +72,21 @@ def pretrain(
     overwrite: bool = False,
     callbacks: Sequence = (),
     address: str | None = None,
+    log_file: str | None = None,
 ) -> dict:
     """Train on the `train` split of the shards in `data` (a folder, or several read as one), validate
     on (at most `val_rows` of) `val` with zero-shot AUROC over the classes of `task`, export the best
     checkpoint; returns the metrics written to `metrics.json`. `callbacks` go to the trainer's RunConfig
-    (a Tune trial passes `TuneReportCallback`). Ray is started (or joined at `address`) after the checks."""
+    (a Tune trial passes `TuneReportCallback`). Ray is started (or joined at `address`) after the checks.
+    The run directory is claimed (`pipelines.outputs`: resumed, refused, or with `overwrite` replaced if
+    a pretraining run made it) only once the data has been counted; `log_file` then also logs to
+    `RUN_DIR/logs/<log_file>`."""
     started = time.time()
     data = [str(data)] if isinstance(data, str | os.PathLike) else [str(folder) for folder in data]
     trained_with, val_task = check_run(data, model_config, task)
     run_dir = Path(run_dir).resolve()
-    _claim_run_dir(run_dir, model_config, train_config, task, overwrite)
+    made_with = _resumable(_resolved(model_config, train_config, task))
+    check_output(run_dir, "pretrain", made_with, overwrite=overwrite, legacy=_legacy_run)  # refused before Ray starts
     if not ray.is_initialized():
         ray.init(address=address)
     train_config = with_cpus_per_worker(train_config)
@@ -100,6 +106,9 @@ def pretrain(
         )
     if len(val_labels) < train_config.workers:
         raise ValueError(f"{', '.join(data)}: the val split has {len(val_labels)} rows; validation needs one per worker at least")
+    _claim_run_dir(run_dir, model_config, train_config, task, overwrite)  # the data checked: now it may delete
+    if log_file:
+        setup_logging(run_dir / LOGS_DIR / log_file)
     total_steps = train_config.max_steps or train_config.epochs * steps_per_epoch
     val_codes = val_task.present_codes(val_labels) if reads_signals else []
     score = ("val_macro_auroc", "max") if val_codes else ("val_loss", "min")
@@ -172,28 +181,34 @@ def pretrain(
 def _claim_run_dir(
     run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, task: str, overwrite: bool
 ) -> None:
-    """Write the resolved config; a run directory that holds a different run is refused, not mixed."""
-    resolved = {"model": model_config.to_dict(), "train": train_config.to_dict(), "task": task}
-    config_path = run_dir / RUN_CONFIG_FILE
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if config_path.is_file():
-        previous = json.loads(config_path.read_text())
-        if _resumable(previous) != _resumable(resolved):
-            raise ValueError(
-                f"{run_dir} holds a run with a different config; resuming it would mix two runs. "
-                "Use a new run directory, or --overwrite to start over."
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(resolved, indent=2))
+    """Claim the run directory and write the resolved config; one that holds a different run is refused
+    (naming the field), not mixed, and one that no pretraining run made is never deleted."""
+    resolved = _resolved(model_config, train_config, task)
+    claim_output(run_dir, "pretrain", _resumable(resolved), overwrite=overwrite, legacy=_legacy_run)
+    (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2))
+
+
+def _resolved(model_config: ModelConfig, train_config: TrainConfig, task: str) -> dict:
+    """What `config.json` holds."""
+    return {"model": model_config.to_dict(), "train": train_config.to_dict(), "task": task}
+
+
+def _legacy_run(run_dir: Path) -> dict | None:
+    """A run directory from before run directories carried a marker: its config.json, as `_resumable`."""
+    try:
+        resolved = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return _resumable(resolved) if isinstance(resolved, dict) and {"model", "train"} <= resolved.keys() else None
 
 
 def _resumable(resolved: dict) -> dict:
-    """What must match for a rerun to continue a run: all but how long it trains and how it is spread."""
+    """What must match for a rerun to continue a run: all but how long it trains, how it is spread and how
+    often it checkpoints."""
     train = {
         k: v
         for k, v in resolved["train"].items()
-        if k not in ("max_steps", "epochs", "progress_every_s", "cpus_per_worker")
+        if k not in ("max_steps", "epochs", "progress_every_s", "cpus_per_worker", "validate_every")
     }
     return {"model": resolved["model"], "train": json.loads(json.dumps(train)), "task": resolved.get("task", "synthetic")}
 
