@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import deque
 from pathlib import Path
 
 OWN_LOGGERS = ("pipelines", "models", "tune")
@@ -34,20 +35,41 @@ class _ConsoleFormatter(logging.Formatter):
         return message
 
 
+class _EarlyRecords(logging.Handler):
+    """Keeps the latest records until a log file is known (a command's output folder is claimed only after
+    its inputs are checked and Ray has started); the file then gets them first."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        super().__init__()
+        self.records: deque[logging.LogRecord] = deque(maxlen=capacity)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def setup_logging(log_file: str | os.PathLike | None = None) -> None:
-    """Console and (when `log_file` is given, a local path) file handlers on the root logger; Python
-    warnings become log records. Idempotent: a second call replaces the handlers it made."""
+    """Console and file handlers on the root logger; Python warnings become log records. Until a
+    `log_file` (a local path) is given, records are kept in memory and written to it when it is.
+    Idempotent: a second call replaces the handlers it made."""
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_ecg_fm", False)]:
+    ours = [h for h in root.handlers if getattr(h, "_ecg_fm", False)]
+    early = next((h for h in ours if isinstance(h, _EarlyRecords)), None)
+    for handler in ours:
         root.removeHandler(handler)
-        handler.close()
+        if handler is not early:
+            handler.close()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
     console.addFilter(_ConsoleFilter())
     console.setFormatter(_ConsoleFormatter())
     handlers: list[logging.Handler] = [console]
-    if log_file is not None:
-        handlers.append(file_handler(log_file))
+    if log_file is None:
+        handlers.append(early or _EarlyRecords())
+    else:
+        file = file_handler(log_file)
+        for record in early.records if early is not None else ():
+            file.handle(record)
+        handlers.append(file)
     for handler in handlers:
         handler._ecg_fm = True
         root.addHandler(handler)
