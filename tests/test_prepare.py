@@ -96,7 +96,7 @@ def test_damaged_archive_every_record_accounted_for(ray_cluster, tmp_path):
     }
 
     rows = {row["ecg_id"]: row for row in kept.to_pylist()}
-    assert rows["ptbxl/00006"]["flags"] == ["interpolated 10 invalid samples in lead V2"]
+    assert rows["ptbxl/00006"]["flags"] == ["invalid samples interpolated: 10 in lead V2"]
     assert rows["ptbxl/00007"]["flags"] == ["flat leads masked: V4"]
     masks = dict(zip(kept["ecg_id"].to_pylist(), lead_masks_of(kept)))
     assert masks["ptbxl/00007"].sum() == 11 and not masks["ptbxl/00007"][9]

@@ -56,7 +56,7 @@ def test_crop_pad_and_too_short():
     np.testing.assert_allclose(long.signal[0].astype(np.float32), sine_recording(500, 10).signal[0], atol=2e-3)
     short = preprocess(sine_recording(500, 8), RAW)
     assert short.signal.shape == (12, 5000) and not short.signal[:, 4000:].any()
-    assert short.flags == ["padded from 8.00 s"]
+    assert short.flags == ["padded: from 8.00 s"]
     with pytest.raises(RecordRejected, match=r"too short: 3.00 s, minimum 5 s"):
         preprocess(sine_recording(500, 3), RAW)
 
@@ -93,7 +93,7 @@ def test_short_invalid_gap_is_interpolated_and_flagged():
     recording.signal[3, 2000] = np.inf
     out = preprocess(recording, RAW)
     assert np.isfinite(out.signal.astype(np.float32)).all()
-    assert out.flags == ["interpolated 11 invalid samples in lead aVR"]
+    assert out.flags == ["invalid samples interpolated: 11 in lead aVR"]
     before, after = recording.signal[3, 999], recording.signal[3, 1010]
     expected = before + (after - before) * np.arange(1, 11) / 11
     np.testing.assert_allclose(out.signal[3, 1000:1010].astype(np.float32), expected, atol=2e-3)
@@ -110,7 +110,7 @@ def test_lead_without_valid_samples_is_masked():
     recording = sine_recording(500, 10)
     recording.signal[8] = np.nan
     out = preprocess(recording, RAW)
-    assert not out.lead_mask[8] and out.flags == ["lead V3 has no valid samples, masked"]
+    assert not out.lead_mask[8] and out.flags == ["no valid samples, masked: lead V3"]
 
 
 def test_flat_leads_are_masked_and_an_all_flat_record_rejected():

@@ -80,7 +80,8 @@ class PreparedSignal:
 
     signal: float16 [12, n_samples], leads in `STANDARD_LEADS` order, absent leads zero.
     lead_mask: bool [12], True where the lead is real.
-    flags: repairs applied ("interpolated 12 invalid samples in lead V2", "padded from 8.00 s").
+    flags: repairs applied, as "kind: detail" ("invalid samples interpolated: 12 in lead V2",
+    "padded: from 8.00 s"), so the manifest counts repairs by kind.
     """
 
     signal: np.ndarray
@@ -156,7 +157,7 @@ def _repair_invalid(signal: np.ndarray, mask: np.ndarray, fs: float, config: Pre
         if bad.all():
             signal[lead] = 0.0
             mask[lead] = False
-            flags.append(f"lead {name} has no valid samples, masked")
+            flags.append(f"no valid samples, masked: lead {name}")
             continue
         start, length = _longest_run(bad)
         if length > max_gap:
@@ -166,7 +167,7 @@ def _repair_invalid(signal: np.ndarray, mask: np.ndarray, fs: float, config: Pre
             )
         positions = np.arange(bad.size)
         signal[lead, bad] = np.interp(positions[bad], positions[~bad], signal[lead, ~bad])
-        flags.append(f"interpolated {int(bad.sum())} invalid samples in lead {name}")
+        flags.append(f"invalid samples interpolated: {int(bad.sum())} in lead {name}")
 
 
 def _longest_run(flags: np.ndarray) -> tuple[int, int]:
@@ -206,7 +207,7 @@ def _fit_length(signal: np.ndarray, config: PreprocessConfig, flags: list[str]) 
     n = config.n_samples
     if signal.shape[1] >= n:
         return signal[:, :n]
-    flags.append(f"padded from {signal.shape[1] / config.fs:.2f} s")
+    flags.append(f"padded: from {signal.shape[1] / config.fs:.2f} s")
     return np.pad(signal, ((0, 0), (0, n - signal.shape[1])))
 
 
