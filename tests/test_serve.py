@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from pipelines.data.wfdb_io import Recording
 from pipelines.labels.tasks import load_task
 from pipelines.labels.zero_shot import task_scores
 from pipelines.synthetic import SyntheticConfig, generate_batch
+from tests.served import served
 
 TOKEN = "test-token"
 LIMIT = 6 * 2**20
@@ -36,17 +36,10 @@ def export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(ray_cluster, export):
-    from ray import serve
-
     from pipelines.serve import ScoringService
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT), name="ecg-fm-test", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT), "ecg-fm-test") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

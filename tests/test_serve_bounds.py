@@ -25,6 +25,7 @@ from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig, preprocess
 from pipelines.data.wfdb_io import Recording
 from pipelines.synthetic import SyntheticConfig, generate_batch
+from tests.served import served
 
 TOKEN = "bounds-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -42,18 +43,10 @@ def export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def port(ray_cluster, export):
-    from ray import serve
-
     from pipelines.serve import ScoringService
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": free})
-    app = ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT, BODY_TIMEOUT_S)
-    serve.run(app, name="ecg-fm-bounds", route_prefix="/")
-    yield free
-    serve.shutdown()
+    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT, BODY_TIMEOUT_S), "ecg-fm-bounds") as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

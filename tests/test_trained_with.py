@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import socket
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -32,6 +31,7 @@ from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
 from pipelines.training.config import TrainConfig
 from pipelines.training.launch import check_run, pretrain
+from tests.served import served
 
 PREPROCESSING = PreprocessConfig(fs=100, seconds=10.0, normalize="zscore", bandpass=(0.5, 40.0))
 
@@ -78,8 +78,6 @@ def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run):
 
 
 def test_http_archive_scoring_and_the_shard_give_one_embedding(ray_cluster, run, shards, archive, tmp_path):
-    from ray import serve
-
     from pipelines.serve import ScoringService
 
     export = run / "export"
@@ -92,12 +90,7 @@ def test_http_archive_scoring_and_the_shard_give_one_embedding(ray_cluster, run,
 
     listed = list_source("ptbxl", SourceOptions(input=archive, fs=PREPROCESSING.fs)).records
     record = read_record(listed.loc[listed["ecg_id"].str.endswith(ecg_id.split("/")[1]), "record_path"].iloc[0])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(ScoringService.bind(str(export)), name="trained-with", route_prefix="/")
+    with served(ScoringService.bind(str(export)), "trained-with") as port:
         body = {
             "ecg": {
                 "b64": base64.b64encode(record.signal.astype("<f4").tobytes()).decode(),
@@ -111,8 +104,6 @@ def test_http_archive_scoring_and_the_shard_give_one_embedding(ray_cluster, run,
         over_http = np.array(response.json()["results"][0]["embedding"])
         health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).json()
         assert health["task"] == "ptbxl-rhythm"  # the served label set is the export's
-    finally:
-        serve.shutdown()
 
     summary = score(str(export), str(archive), str(tmp_path / "scores"), source="ptbxl", embeddings=True, part_size=80)
     assert summary["records_in"] == summary["scored"] + summary["rejected"] == 160
