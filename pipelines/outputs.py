@@ -14,8 +14,9 @@ is plain JSON: what a rerun must match to continue the output. Checking a folder
   refused with or without `overwrite`, and nothing in it is touched.
 A command's outputs written before markers existed count as its own when `legacy` recognises them.
 
-Outputs given as URIs (s3://…) are not claimed: the commands that take them (prepare) write there as
-before this marker existed.
+The same holds for outputs given as URIs (s3://…, `pipelines.storage`): there a folder is a key prefix,
+"empty" means no key under it, and `--overwrite` deletes the keys under it. Object stores have no rename,
+so `written_beside` is for local folders only; a command writing to a URI writes in place.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from pipelines.storage import Location
+
 MARKER_FILE = "made_by.json"
 SHOWN_DIFFERENCES = 3
 """Differing fields named in a refusal; the rest are counted."""
 
 Action = Literal["new", "resume", "replace"]
 LegacyRecord = Callable[[Path], "dict | None"]
-"""Reads what made a folder written before markers existed: its `made_with`, or None when the folder is
-not such an output."""
+"""Reads what made a local folder written before markers existed: its `made_with`, or None when the folder
+is not such an output (outputs in object stores are newer than markers)."""
 
 
 class OutputRefused(ValueError):
@@ -53,8 +56,8 @@ def check_output(
 ) -> Action:
     """What writing `command`'s output to `path` would do ("new", "resume" or "replace"), without writing
     or deleting anything; OutputRefused when it may not."""
-    path = Path(path).absolute()
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+    path = Location.of(path)
+    if path.is_empty_or_missing():
         return "new"
     if not path.is_dir():
         raise OutputRefused(f"{path} is a file, not an output folder; choose a new or empty folder")
@@ -87,10 +90,10 @@ def claim_output(
 ) -> bool:
     """Make `path` this command's output (see the module docstring): a folder it made before is deleted
     first with `overwrite`; returns True when an existing output is continued."""
-    path = Path(path).absolute()
+    path = Location.of(path)
     action = check_output(path, command, made_with, overwrite=overwrite, legacy=legacy)
     if action == "replace":
-        shutil.rmtree(path)
+        path.delete()
     if action != "resume" or read_marker(path) is None:  # a legacy output gets its marker now
         mark(path, command, made_with)
     return action == "resume"
@@ -117,28 +120,30 @@ def written_beside(path: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def mark(path: Path, command: str, made_with: dict) -> None:
+def mark(path: str | os.PathLike | Location, command: str, made_with: dict) -> None:
     """Create `path` if needed and write its marker."""
-    path.mkdir(parents=True, exist_ok=True)
+    path = Location.of(path)
+    path.mkdir()
     marker = {"command": command, "made_with": _plain(made_with)}
-    (path / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True))
+    path.child(MARKER_FILE).write_json(marker, sort_keys=True)
 
 
-def read_marker(path: Path) -> dict | None:
+def read_marker(path: str | os.PathLike | Location) -> dict | None:
     """The marker in `path`, or None when there is none (or it is not one of ours)."""
     try:
-        marker = json.loads((path / MARKER_FILE).read_text())
+        marker = Location.of(path).child(MARKER_FILE).read_json()
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) and isinstance(marker.get("made_with"), dict) else None
 
 
-def recorded(path: Path, command: str, legacy: LegacyRecord | None = None) -> dict | None:
-    """What made `path` if `command` made it (its marker, or `legacy` for an older output), else None."""
+def recorded(path: str | os.PathLike | Location, command: str, legacy: LegacyRecord | None = None) -> dict | None:
+    """What made `path` if `command` made it (its marker, or `legacy` for an older local output), else None."""
+    path = Location.of(path)
     marker = read_marker(path)
     if marker is not None:
         return marker["made_with"] if marker.get("command") == command else None
-    return legacy(path) if legacy is not None else None
+    return legacy(Path(path.path)) if legacy is not None and path.is_local else None
 
 
 def differing_fields(before: dict, now: dict) -> list[str]:

@@ -1,0 +1,182 @@
+"""Folders and files on the local disk or in an object store, named by a path or a URI, one API for both.
+
+    run = Location.of("s3://bucket/runs/x")          # or "runs/x", or "gs://…", "abfs://…"
+    (run / "metrics.json").write_json({"step": 40})
+    run.child("export").upload_from(local_export)    # a local folder copied in, file by file
+    model_dir = cached_copy("s3://bucket/runs/x/export")   # a local folder to load from, downloaded once
+
+Everything goes through pyarrow's file systems (`pyarrow.fs.FileSystem.from_uri`), which Ray Data and
+Ray Train use too, so one set of credentials reaches all of them: for S3, the standard variables
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, and `AWS_ENDPOINT_URL` for an
+S3-compatible server such as MinIO or moto). Object stores have no folders and no rename: a "folder" is
+a key prefix, it exists when a key lies under it, and writes land in place (see `pipelines.outputs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+CACHE_ENV = "ECG_FM_CACHE"
+"""Where `cached_copy` keeps downloaded folders (default ~/.cache/ecg-fm)."""
+
+
+def is_uri(where: str | os.PathLike) -> bool:
+    """True for `scheme://…` (s3, gs, abfs, file, …); False for a plain path."""
+    return "://" in str(where)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder: `filesystem` and the `path` within it, and `uri`, how to name it to a person or
+    to another library (an absolute path for local files, the URI as given otherwise)."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    uri: str
+
+    @classmethod
+    def of(cls, where: str | os.PathLike | Location) -> Location:
+        if isinstance(where, Location):
+            return where
+        where = str(where)
+        if is_uri(where):
+            filesystem, path = pafs.FileSystem.from_uri(where)
+            return cls(filesystem, path.rstrip("/"), where.rstrip("/"))
+        absolute = str(Path(where).absolute())
+        return cls(pafs.LocalFileSystem(), absolute, absolute)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def child(self, *names: str) -> Location:
+        suffix = "/".join(name.strip("/") for name in names)
+        return Location(self.filesystem, f"{self.path}/{suffix}", f"{self.uri}/{suffix}")
+
+    __truediv__ = child
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def _info(self) -> pafs.FileInfo:
+        return self.filesystem.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def files(self, recursive: bool = True) -> list[pafs.FileInfo]:
+        """The files under this folder (none when it does not exist), sorted by path."""
+        if not self.is_dir():
+            return []
+        selector = pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True)
+        return sorted((i for i in self.filesystem.get_file_info(selector) if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+    def is_empty_or_missing(self) -> bool:
+        if not self.exists():
+            return True
+        if not self.is_dir():
+            return False
+        selector = pafs.FileSelector(self.path, recursive=False, allow_not_found=True)
+        return not self.filesystem.get_file_info(selector)
+
+    def read_bytes(self) -> bytes:
+        with self.filesystem.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def read_json(self):
+        return json.loads(self.read_bytes())
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the whole file (parent folders made as needed)."""
+        self.filesystem.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+        with self.filesystem.open_output_stream(self.path) as stream:
+            stream.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def write_json(self, value, **dumps) -> None:
+        self.write_text(json.dumps(value, indent=2, **dumps))
+
+    def mkdir(self) -> None:
+        self.filesystem.create_dir(self.path, recursive=True)
+
+    def delete(self) -> None:
+        """Delete this folder and everything under it (or this file); nothing when absent."""
+        info = self._info()
+        if info.type == pafs.FileType.Directory:
+            self.filesystem.delete_dir(self.path)
+        elif info.type == pafs.FileType.File:
+            self.filesystem.delete_file(self.path)
+
+    def upload_from(self, local: str | os.PathLike) -> None:
+        """Copy a local folder's files under this folder (what is there already under the same names is
+        replaced)."""
+        self.mkdir()
+        pafs.copy_files(str(Path(local).absolute()), self.path, pafs.LocalFileSystem(), self.filesystem, use_threads=True)
+
+    def download_to(self, local: str | os.PathLike) -> None:
+        """Copy this folder's files under a local folder."""
+        Path(local).mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path, str(Path(local).absolute()), self.filesystem, pafs.LocalFileSystem(), use_threads=True)
+
+
+def cached_copy(where: str | os.PathLike) -> Path:
+    """A local folder holding what `where` holds: the folder itself when it is local, else a copy in the
+    cache (`$ECG_FM_CACHE`, default ~/.cache/ecg-fm/copies/), downloaded when the remote folder's listing
+    (names, sizes, modification times) differs from the cached copy's, and reused when it is the same.
+    Concurrent callers on one node (Serve replicas, scoring actors) each download into a fresh folder and
+    the last one in wins whole. ValueError when `where` holds no file."""
+    location = Location.of(where)
+    if location.is_local:
+        return Path(location.path)
+    files = location.files()
+    if not files:
+        raise ValueError(f"{location} holds no file (is the URI right, and are the credentials for its store set?)")
+    listing = [(i.path.removeprefix(location.path), i.size, i.mtime_ns) for i in files]
+    stamp = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ecg-fm") / "copies"
+    copy = root / hashlib.sha256(location.uri.encode()).hexdigest()[:24]
+    stamp_file = copy / ".listing-sha256"
+    if stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return copy
+    root.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        location.download_to(fresh)
+        (fresh / stamp_file.name).write_text(stamp)
+        old = Path(tempfile.mkdtemp(prefix=".old-", dir=root))
+        if copy.exists():
+            os.replace(copy, old / "copy")
+        try:
+            os.replace(fresh, copy)
+        except OSError:  # another caller put its whole copy in place between the two renames
+            if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
+                raise
+            shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    return copy
