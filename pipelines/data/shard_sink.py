@@ -1,8 +1,9 @@
 """A Ray Data sink that writes kept rows as parquet shards and accounts for every rejected one.
 
-Write tasks receive the read task's rows (kept and rejected together), write the kept rows as
-`part-<task>-<k>.parquet` of at most `rows_per_shard` rows each, and return the rejected rows and
-the counts. `on_write_complete` runs once on the driver with every task's return and writes
+Write tasks receive the read task's rows (kept and rejected together), write the kept rows of each
+split as `part-<split>-<task>-<k>.parquet` of at most `rows_per_shard` rows each (`shard_files`: a
+reader of one split opens only its files), and return the rejected rows and the counts.
+`on_write_complete` runs once on the driver with every task's return and writes
 `rejected.parquet` (listing rejections included) and `manifest.json`. One pass over the archive,
 nothing held in memory but a shard's worth of rows per task.
 """
@@ -25,6 +26,7 @@ from ray.data.datasource.datasink import WriteResult
 
 from pipelines.data.records import record_id_of
 from pipelines.data.schema import shard_schema
+from pipelines.data.shard_files import SPLIT_NAME, shard_name
 from pipelines.data.sources import REJECTED_COLUMNS
 
 REJECTED_SCHEMA = pa.schema([(name, pa.string()) for name in REJECTED_COLUMNS])
@@ -76,11 +78,12 @@ class ShardSink(Datasink[dict]):
         kept = kept.select(self.schema.names).cast(self.schema)
         filesystem, root = pafs.FileSystem.from_uri(self.output)
         shards = []
-        for k, start in enumerate(range(0, kept.num_rows, self.rows_per_shard)):
-            name = f"part-{ctx.task_idx:05d}-{k:03d}.parquet"
-            chunk = kept.slice(start, self.rows_per_shard)
-            pq.write_table(chunk, f"{root}/{name}", filesystem=filesystem, **SHARD_WRITE_OPTIONS)
-            shards.append({"file": name, "rows": chunk.num_rows})
+        for split, rows in _by_split(kept):
+            for k, start in enumerate(range(0, rows.num_rows, self.rows_per_shard)):
+                name = shard_name(split, ctx.task_idx, k)
+                chunk = rows.slice(start, self.rows_per_shard)
+                pq.write_table(chunk, f"{root}/{name}", filesystem=filesystem, **SHARD_WRITE_OPTIONS)
+                shards.append({"file": name, "split": split, "rows": chunk.num_rows})
         rejected = pa.table(
             [rejected["ecg_id"], rejected["source"], rejected["record_path"], rejected["reject_reason"]],
             schema=REJECTED_SCHEMA,
@@ -130,6 +133,19 @@ def _write_return(kept: pa.Table, rejected: pa.Table, shards: list[dict]) -> dic
         "records_kept": len({record_id_of(ecg_id) for ecg_id in kept["ecg_id"].to_pylist()}),
         "flags": Counter(flag.split(":")[0] for flags in kept["flags"].to_pylist() for flag in flags),
     }
+
+
+def _by_split(kept: pa.Table) -> list[tuple[str, pa.Table]]:
+    """(split, its rows) for each split in `kept`, in name order; ValueError naming the first record whose
+    split cannot name a file (a source that left it empty or gave an odd name)."""
+    splits = kept["split"].to_pylist()
+    for ecg_id, split in zip(kept["ecg_id"].to_pylist(), splits):
+        if split is None or not SPLIT_NAME.fullmatch(split):
+            raise ValueError(f"record {ecg_id}: split {split!r} is not a split name (lower-case letters, digits, _)")
+    names = sorted(set(splits))
+    if len(names) == 1:  # no copy of the signals
+        return [(names[0], kept)]
+    return [(split, kept.filter(pc.equal(kept["split"], split))) for split in names]
 
 
 def _split_rejected(table: pa.Table) -> tuple[pa.Table, pa.Table]:

@@ -1,8 +1,10 @@
 """Prepared shards as Ray datasets for training, and the worker-side batch collation.
 
-    train = split_dataset("data/synthetic", "train")         # streams only the columns training reads
+    train = split_dataset("data/synthetic", "train")         # only the train split's files and columns
     batch = collate_batch(model, numpy_batch, torch.float32)  # signal, lead_mask, tokenized reports
 
+A split read once and held in the object store (where it fits `CACHE_FRACTION`) costs no reading in
+later epochs: Ray Train's `streaming_split` of a materialized dataset hands out its blocks each epoch.
 Ray Train splits every dataset across the workers with `streaming_split(equal=True)`, so each worker
 sees the same number of rows; with `drop_last` and one batch size everywhere, every rank runs the
 same number of steps, which ZeRO's collectives need.
@@ -10,16 +12,28 @@ same number of steps, which ZeRO's collectives need.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
+import ray
 import ray.data
 import torch
+from ray.data import FileShuffleConfig
 
 from models.objectives import objective_class
+from pipelines.data.shard_files import SplitShards, split_shards
+from pipelines.storage import Location
+
+log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ("signal", "lead_mask", "report")
 VAL_COLUMNS = (*TRAIN_COLUMNS, "labels")
+CACHE_FRACTION = 0.25
+"""A split whose columns take at most this fraction of the cluster's object store memory (estimated from
+the shards' parquet footers, before reading) is read once, before training, and held there for every
+epoch; a larger one streams from the shards each epoch."""
 
 
 def train_columns(objective: str) -> tuple[str, ...]:
@@ -31,10 +45,54 @@ def val_columns(objective: str) -> tuple[str, ...]:
     return VAL_COLUMNS if objective_class(objective).reads_signals else ("report",)
 
 
-def split_dataset(shards: str | Sequence[str], split: str, columns: Sequence[str] = TRAIN_COLUMNS) -> ray.data.Dataset:
-    """The rows of one split (train / val / test) of one or more shard folders, with only `columns`."""
-    dataset = ray.data.read_parquet(shards, columns=[*columns, "split"], file_extensions=["parquet"])
-    return dataset.filter(expr=f"split == '{split}'").select_columns(list(columns))
+def split_dataset(
+    shards: str | Sequence[str],
+    split: str,
+    columns: Sequence[str] = TRAIN_COLUMNS,
+    *,
+    shuffle_seed: int | None = None,
+    cache_fraction: float = CACHE_FRACTION,
+) -> ray.data.Dataset:
+    """The rows of one split (train / val / test) of one or more shard folders, with only `columns`; read
+    now and held in memory where it fits `cache_fraction` of the object store (Ray must be running).
+    `shuffle_seed`: blocks in a seeded random order (held in memory: the same order each epoch; streamed:
+    the files in a new order each epoch, with no barrier before the first block)."""
+    folders = [str(shards)] if isinstance(shards, str) else [str(folder) for folder in shards]
+    found = split_shards(folders, split)
+    if not found.files:
+        raise ValueError(f"{', '.join(folders)}: no shard holds rows of the {split!r} split")
+    memory = estimated_memory(found, columns)
+    budget = cache_fraction * ray.cluster_resources().get("object_store_memory", 0)
+    cached = memory <= budget
+    log.info(
+        "%s split: %d files, ~%.0f MB in memory (budget %.0f MB): %s",
+        split, len(found.files), memory / 2**20, budget / 2**20, "read once" if cached else "streamed each epoch",
+    )
+    shuffle = FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None and not cached else None
+    dataset = ray.data.read_parquet(found.files, shuffle=shuffle)
+    if found.filtered:  # prepared before shard names carried the split: read all, keep this split's rows
+        dataset = dataset.select_columns([*columns, "split"]).filter(expr=f"split == '{split}'")
+    dataset = dataset.select_columns(list(columns))
+    if not cached:
+        return dataset
+    dataset = dataset.materialize()
+    return dataset if shuffle_seed is None else dataset.randomize_block_order(seed=shuffle_seed)
+
+
+def estimated_memory(shards: SplitShards, columns: Sequence[str]) -> float:
+    """Bytes that `columns` of `shards` take in memory: their bytes on disk scaled by the uncompressed-to-file
+    size ratio of those columns in the first file's footer (an upper bound where the files mix splits)."""
+    first = Location.of(shards.files[0])
+    with first.filesystem.open_input_file(first.path) as stream:
+        metadata = pq.ParquetFile(stream).metadata
+        file_size = stream.size()
+    uncompressed = sum(
+        group.column(i).total_uncompressed_size
+        for group in (metadata.row_group(g) for g in range(metadata.num_row_groups))
+        for i in range(group.num_columns)
+        if group.column(i).path_in_schema.split(".")[0] in columns
+    )
+    return shards.bytes * uncompressed / max(1, file_size)
 
 
 def label_lists(labels: np.ndarray) -> list[list[str]]:
