@@ -18,13 +18,40 @@ from pipelines.training.optimization import warmup_cosine
 def test_micro_batch_is_global_batch_over_workers_and_accumulation():
     config = TrainConfig(workers=2, batch_size=64, grad_accum=4)
     assert config.micro_batch == 8
-    ds = deepspeed_config(config, "bf16")
+    ds = deepspeed_config(config, "bf16", 2)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
         64,
         8,
         4,
     )
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["zero_optimization"]["stage"] == 2
+
+
+def test_elastic_runs_keep_the_global_batch_and_plan_in_samples():
+    config = TrainConfig.from_dict({"workers": "2-3", "batch_size": 48, "grad_accum": 2})
+    assert (config.min_workers, config.workers, config.num_workers, config.workers_range) == (2, 3, (2, 3), "2-3")
+    assert config.micro_batch == 8  # fixed: 48 / (3 workers × 2)
+    assert {w: config.grad_accum_at(w) for w in config.world_sizes} == {2: 3, 3: 2}
+    for w in config.world_sizes:  # DeepSpeed's identity holds at every size: batch = world × micro × accumulation
+        ds = deepspeed_config(config, "fp32", w)
+        assert ds["train_batch_size"] == 48 == w * ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]
+    # 1,000 rows: at 3 workers 333 each → 41 micro-batches → 20 steps; at 2, 500 → 62 → 20
+    assert config.steps_per_epoch(1000) == 20
+    with pytest.raises(ValueError, match="outside this run's workers 2-3"):
+        config.grad_accum_at(1)
+    fixed = TrainConfig.from_dict({"workers": "2", "min_workers": 1, "batch_size": 32})
+    assert (fixed.min_workers, fixed.num_workers, fixed.workers_range, fixed.steps_per_epoch(1000)) == (0, 2, "2", 31)
+
+
+def test_a_batch_that_some_world_size_cannot_split_is_refused_naming_the_sizes():
+    with pytest.raises(ValueError, match=r"at world size 2 of 2-3 \(grad_accum a multiple of 2 splits it at every size\)"):
+        TrainConfig.from_dict({"workers": "2-3", "batch_size": 48})
+    with pytest.raises(ValueError, match="at world size 4, 5 of 3-6"):
+        TrainConfig.from_dict({"workers": "3-6", "batch_size": 48})
+    with pytest.raises(ValueError, match="workers must be N or MIN-MAX"):
+        TrainConfig.from_dict({"workers": "two"})
+    with pytest.raises(ValueError, match=r"min_workers must be 0 \(fixed\) or 1 to workers \(2\), got 3"):
+        TrainConfig.from_dict({"workers": "3-2"})
 
 
 @pytest.mark.parametrize(
@@ -68,3 +95,17 @@ def test_validation_classes_need_a_positive_and_a_negative():
     labels = [["SR", "NORM"], ["SR"], ["AFIB"], ["SR", "PVC"]]
     assert load_task("synthetic").present_codes(labels) == ["SR", "AFIB", "PVC", "NORM"]
     assert load_task("synthetic").present_codes([["SR"], ["SR"]]) == []
+
+
+def test_report_history_keeps_every_report_and_a_resumed_runs_earlier_ones(tmp_path):
+    from pipelines.training.history import ReportHistory, read_history
+
+    where = tmp_path / "train" / "history.json"
+    first = ReportHistory(where)
+    for step in (10, 20, 30):
+        first.after_report(None, [{"step": step, "data_wait_fraction": step / 100, "note": "text"}, {"step": step}], None)
+    assert read_history(where) == [{"step": s, "data_wait_fraction": s / 100} for s in (10, 20, 30)]
+    resumed = ReportHistory(str(where))  # a resubmitted run that restored the checkpoint of step 20
+    resumed.after_report(None, [{"step": 25}], None)
+    assert [r["step"] for r in read_history(where)] == [10, 20, 25]
+    assert read_history(tmp_path / "none.json") == []

@@ -2,10 +2,16 @@
 
     report_with_checkpoint(engine, metrics, TrainingState(step=120, epoch=1))   # on every rank
     state = restore_latest(engine)                                               # on every rank, at start
+    state = state.resized(world_size)                                            # records a change of size
     export_checkpoint(best_checkpoint, model_config, "runs/x/export")           # on the driver
 
 Each rank writes its own ZeRO shards into a local folder, all ranks meet at a barrier, then every
 rank reports; Ray Train gathers the folders into one checkpoint directory under the run's storage.
+
+A checkpoint written at another world size (an elastic run that lost or regained workers) is converted
+to DeepSpeed's universal checkpoint (`deepspeed.checkpoint.ds_to_universal`: one folder per parameter
+holding its fp32 weights and optimizer moments, unpartitioned) in a temporary folder on each rank, and
+loaded from there: ZeRO 1-3 partitions repartition to the new world size, the optimizer state carries.
 
 DeepSpeed unpickles its `.pt` files with `weights_only=False`, so a planted file would run its code on
 resume or export. Every folder is first read by `scan_checkpoint` with `torch.load(weights_only=True)`,
@@ -15,6 +21,7 @@ else; only then is it handed to DeepSpeed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
@@ -22,8 +29,8 @@ import pickle
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import ray.train
@@ -49,6 +56,20 @@ class TrainingState:
     """Optimizer steps taken."""
     epoch: int = 0
     """Passes over the train split finished."""
+    world_size: int = 0
+    """Workers that wrote the checkpoint (0: none yet, or a checkpoint from before elastic runs)."""
+    resizes: tuple[dict, ...] = ()
+    """Every change of world size so far, oldest first: {"step", "old_world_size", "new_world_size", "why"}."""
+
+    def resized(self, world_size: int) -> TrainingState:
+        """This state going on at `world_size` workers, with a resize record when the checkpoint was written at
+        another size. Why is inferred: fewer workers mean one was lost (its process or its node), more that
+        the cluster has room again."""
+        if self.world_size in (0, world_size):
+            return replace(self, world_size=world_size)
+        why = "worker or node lost" if world_size < self.world_size else "capacity came back"
+        record = {"step": self.step, "old_world_size": self.world_size, "new_world_size": world_size, "why": why}
+        return replace(self, world_size=world_size, resizes=(*self.resizes, record))
 
 
 def report_with_checkpoint(
@@ -71,7 +92,7 @@ def report_with_checkpoint(
 
 def restore_latest(engine) -> TrainingState:
     """Load the latest checkpoint Ray Train holds for this run (after a worker failure or when a run is
-    resubmitted into the same run directory); a fresh state when there is none."""
+    resubmitted into the same run directory), at whatever world size wrote it; a fresh state when there is none."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return TrainingState()
@@ -80,10 +101,66 @@ def restore_latest(engine) -> TrainingState:
 
 
 def load_training_state(engine, directory: str | Path) -> TrainingState:
-    """Load a checkpoint folder into the DeepSpeed engine, once `scan_checkpoint` has passed it."""
+    """Load a checkpoint folder into the DeepSpeed engine, once `scan_checkpoint` has passed it; one whose
+    ZeRO optimizer shards were written by another number of ranks than the engine's is loaded through a
+    universal checkpoint (`to_universal`, scanned in turn). Returns the state as saved."""
     scan_checkpoint(directory)
-    _, client_state = engine.load_checkpoint(str(directory), tag=TAG)
+    shards = len(list((Path(directory) / TAG).glob("*optim_states.pt")))
+    if shards in (0, dist.get_world_size()):  # ZeRO-0 keeps one unpartitioned optimizer state
+        _, client_state = engine.load_checkpoint(str(directory), tag=TAG)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ecg-fm-universal-") as universal:
+            to_universal(directory, universal)
+            scan_checkpoint(universal)
+            client_state = _load_universal(engine, universal)
     return TrainingState(**client_state["training_state"])
+
+
+def to_universal(directory: str | Path, output: str | Path) -> None:
+    """Convert the DeepSpeed checkpoint in `directory` (any ZeRO stage 1-3, any world size) to a universal one
+    in `output` (same TAG), serially, DeepSpeed's printing sent to the log. Run it on folders that
+    `scan_checkpoint` has passed: the converter unpickles them unrestricted."""
+    from deepspeed.checkpoint.ds_to_universal import main
+
+    args = argparse.Namespace(
+        input_folder=str(Path(directory) / TAG),
+        output_folder=str(Path(output) / TAG),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # DeepSpeed records the universal info only for tensor/pipeline parallel models
+    )
+    with _printing_to_log():
+        main(args)
+
+
+def _load_universal(engine, directory: str) -> dict:
+    """Load a universal checkpoint into a built engine; its client state. DeepSpeed reads the
+    `checkpoint.load_universal` setting only while loading, so it is switched on for this load alone and the
+    engine is built the same whatever it resumes from."""
+    config = engine._config
+    config.load_universal_checkpoint = True
+    try:
+        _, client_state = engine.load_checkpoint(directory, tag=TAG)
+    finally:
+        config.load_universal_checkpoint = False
+    if engine.zero_optimization_stage() == 3:
+        _repair_zero3_universal_load(engine.optimizer.optimizer, Path(directory) / TAG / "zero" / "optimizer_state.pt")
+    return client_state
+
+
+def _repair_zero3_universal_load(optimizer: torch.optim.Optimizer, optimizer_state: Path) -> None:
+    """Undo two slips of DeepSpeed 0.19.8's ZeRO-3 universal load: it gives every parameter group the first
+    group's hyperparameters (biases and norms would get the matrices' weight decay), and one shared `step`
+    tensor to every group's AdamW state, which each group's update then advances (Adam's bias correction
+    would run ahead by one per group and step)."""
+    saved = load_restricted(optimizer_state)["param_groups"]
+    for group, hyperparameters in zip(optimizer.param_groups, saved, strict=True):
+        group.update({k: v for k, v in hyperparameters.items() if k != "params"})
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
 
 
 def scan_checkpoint(directory: str | Path) -> None:
@@ -123,15 +200,22 @@ def _deepspeed_checkpoint_classes() -> list[type]:
 
 def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     """Full fp32 weights from a checkpoint folder of any ZeRO stage (shards merged), once `scan_checkpoint`
-    has passed it. What DeepSpeed prints meanwhile (messages on stdout, tqdm bars on stderr) goes to the
-    log instead of the console."""
+    has passed it; DeepSpeed's printing goes to the log instead of the console."""
     scan_checkpoint(directory)
+    with _printing_to_log():
+        return _consolidate(Path(directory))
+
+
+@contextlib.contextmanager
+def _printing_to_log() -> Iterator[None]:
+    """What DeepSpeed prints meanwhile (messages on stdout, tqdm bars on stderr) goes to the log at debug."""
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        state = _consolidate(Path(directory))
-    for line in printed.getvalue().splitlines():
-        log.debug("deepspeed: %s", line)
-    return state
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        for line in printed.getvalue().splitlines():
+            log.debug("deepspeed: %s", line)
 
 
 def _consolidate(directory: Path) -> dict[str, torch.Tensor]:

@@ -8,18 +8,33 @@ driver, so that a bad run fails before any worker starts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One pretraining run. `batch_size` is global: workers × micro_batch × grad_accum."""
+    """One pretraining run. `batch_size` is global: world size × micro_batch × grad_accum, at every world size
+    an elastic run passes through (the micro-batch stays, accumulation adapts: `grad_accum_at`)."""
 
     workers: int = 2
-    """Ray Train workers (one DeepSpeed rank each)."""
+    """Ray Train workers (one DeepSpeed rank each); with `min_workers`, the most an elastic run grows to.
+    `train.workers=MIN-MAX` (and `--workers MIN-MAX`) sets both."""
+    min_workers: int = 0
+    """Elastic runs: the fewest workers the run goes on with. Ray Train restarts it from the latest checkpoint
+    at whatever size from this to `workers` the cluster has room for. 0: a fixed `workers`."""
+    resize_check_s: float = 60.0
+    """Elastic runs: seconds between Ray Train's checks whether the cluster has room for more workers."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the workers on nodes (STRICT_SPREAD: one per node). An elastic run counts the workers a
+    node has room for by its resources alone: there, place them with `worker_resources` (or whole CPUs)."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker takes besides its CPUs: `{"trainer": 1}` puts the workers on the nodes
+    that offer `trainer`, as many per node as it has."""
     use_gpu: bool = False
     """One GPU per worker; the same loop runs on CPU workers with gloo."""
     cpus_per_worker: float = 0.0
@@ -29,9 +44,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU (DeepSpeed has no fp16 on CPU)."""
     batch_size: int = 32
-    """Samples per optimizer step across all workers."""
+    """Samples per optimizer step across all workers, the same at every world size."""
     grad_accum: int = 1
-    """Micro-batches accumulated per optimizer step on each worker."""
+    """Micro-batches accumulated per optimizer step on each worker at `workers` workers (more at fewer)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping; 0 turns it off."""
     lr: float = 1e-3
@@ -62,6 +77,12 @@ class TrainConfig:
         problems = []
         if self.workers < 1:
             problems.append(f"workers must be at least 1, got {self.workers}")
+        if not 0 <= self.min_workers <= self.workers:
+            problems.append(f"min_workers must be 0 (fixed) or 1 to workers ({self.workers}), got {self.min_workers}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            problems.append(
+                f"placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}"
+            )
         if self.zero_stage not in (0, 1, 2, 3):
             problems.append(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.precision not in PRECISIONS:
@@ -75,13 +96,23 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not divisible by workers × grad_accum = "
                 f"{self.workers} × {self.grad_accum}"
             )
-        for name in ("lr", "epochs"):
+        elif self.batch_size > 0 and 0 <= self.min_workers <= self.workers and self.workers >= 1:
+            uneven = [w for w in self.world_sizes if self.batch_size % (w * self.micro_batch)]
+            if uneven:
+                problems.append(
+                    f"batch_size {self.batch_size} is not a multiple of world size × micro_batch {self.micro_batch} "
+                    f"(batch_size / (workers {self.workers} × grad_accum {self.grad_accum})) at world size "
+                    f"{', '.join(map(str, uneven))} of {self.workers_range} (grad_accum a multiple of "
+                    f"{math.lcm(*self.world_sizes) // self.workers} splits it at every size)"
+                )
+        for name in ("lr", "epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name in (
             "max_steps",
             "warmup_steps",
             "cpus_per_worker",
+            "resize_check_s",
             "validate_every",
             "grad_clip",
             "weight_decay",
@@ -96,13 +127,36 @@ class TrainConfig:
 
     @property
     def micro_batch(self) -> int:
-        """Samples per forward on one worker: the DeepSpeed micro-batch and the data iterator's batch size."""
+        """Samples per forward on one worker: the DeepSpeed micro-batch and the data iterator's batch size,
+        the same at every world size."""
         return self.batch_size // (self.workers * self.grad_accum)
 
+    @property
+    def world_sizes(self) -> range:
+        """The world sizes the run may train at: `workers` alone, or `min_workers` to `workers`."""
+        return range(self.min_workers or self.workers, self.workers + 1)
+
+    @property
+    def workers_range(self) -> str:
+        """`workers` as written on the command line: "2", or "1-2" for an elastic run."""
+        return f"{self.world_sizes.start}-{self.workers}" if len(self.world_sizes) > 1 else str(self.workers)
+
+    @property
+    def num_workers(self) -> int | tuple[int, int]:
+        """Ray Train's `ScalingConfig(num_workers=…)`: an int, or (min, max) for an elastic run."""
+        return (self.min_workers, self.workers) if 0 < self.min_workers < self.workers else self.workers
+
+    def grad_accum_at(self, world_size: int) -> int:
+        """Micro-batches each worker accumulates per optimizer step at `world_size` workers, so that the
+        global batch stays `batch_size`."""
+        if world_size not in self.world_sizes:
+            raise ValueError(f"world size {world_size} is outside this run's workers {self.workers_range}")
+        return self.batch_size // (world_size * self.micro_batch)
+
     def steps_per_epoch(self, train_rows: int) -> int:
-        """Optimizer steps in one pass over `train_rows` rows split equally over the workers (last
-        partial batch dropped)."""
-        return train_rows // self.workers // self.micro_batch // self.grad_accum
+        """Optimizer steps one pass over `train_rows` rows gives at any world size of the run: rows split
+        equally over the workers, each worker's last partial batch dropped, the fewest over `world_sizes`."""
+        return min(train_rows // w // self.micro_batch // self.grad_accum_at(w) for w in self.world_sizes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,7 +167,20 @@ class TrainConfig:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown train config fields: {', '.join(sorted(unknown))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if isinstance(values.get("workers"), str):
+            values.update(parse_workers(values["workers"]))
+        return cls(**values)
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **overrides}) if overrides else self
+
+
+def parse_workers(text: str) -> dict[str, int]:
+    """`"N"` → {"workers": N, "min_workers": 0} (fixed); `"MIN-MAX"` → {"workers": MAX, "min_workers": MIN}."""
+    low, dash, high = text.strip().partition("-")
+    try:
+        bounds = (int(low), int(high)) if dash else (0, int(low))
+    except ValueError:
+        raise ValueError(f"workers must be N or MIN-MAX (e.g. 2 or 1-2), got {text!r}") from None
+    return {"min_workers": bounds[0], "workers": bounds[1]}

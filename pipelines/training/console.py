@@ -15,6 +15,7 @@ import logging
 import threading
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 @ray.remote(num_cpus=0)
@@ -38,7 +39,9 @@ class RelayedConsole:
     def __init__(self, log: logging.Logger, interval_s: float = 0.5) -> None:
         self.log = log
         self.interval_s = interval_s
-        self.relay = ConsoleRelay.remote()
+        # On the driver's node: a worker node that is lost (an elastic run goes on) must not take the relay along.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.relay = ConsoleRelay.options(scheduling_strategy=here).remote()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 

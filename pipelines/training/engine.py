@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pipelines.training.config import TrainConfig
@@ -28,12 +29,13 @@ def resolve_precision(precision: str, use_gpu: bool) -> str:
     return "fp32"
 
 
-def deepspeed_config(config: TrainConfig, precision: str) -> dict:
-    """The DeepSpeed JSON config: ZeRO stage, precision, micro-batch, accumulation, clipping."""
+def deepspeed_config(config: TrainConfig, precision: str, world_size: int) -> dict:
+    """The DeepSpeed JSON config at `world_size` ranks: ZeRO stage, precision, micro-batch, accumulation
+    (`config.grad_accum_at(world_size)`, so that the global batch is `config.batch_size` at any size), clipping."""
     return {
         "train_batch_size": config.batch_size,
         "train_micro_batch_size_per_gpu": config.micro_batch,
-        "gradient_accumulation_steps": config.grad_accum,
+        "gradient_accumulation_steps": config.grad_accum_at(world_size),
         "gradient_clipping": config.grad_clip,
         "zero_optimization": {"stage": config.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
@@ -51,9 +53,10 @@ def initialize_engine(
     precision: str,
     external_parameters: Iterable[tuple[nn.Module, nn.Parameter]] = (),
 ):
-    """(engine, scheduler): DeepSpeed wraps the model, the AdamW and the warm-up + cosine schedule.
-    `external_parameters`: (module, parameter) pairs where a module reads a parameter it does not own
-    (`ECGTextModel.parameters_used_outside_their_module`), registered with ZeRO-3 so it gathers them."""
+    """(engine, scheduler): DeepSpeed wraps the model, the AdamW and the warm-up + cosine schedule, at the
+    world size of the process group that exists. `external_parameters`: (module, parameter) pairs where a
+    module reads a parameter it does not own (`ECGTextModel.parameters_used_outside_their_module`),
+    registered with ZeRO-3 so it gathers them."""
     import deepspeed
     import deepspeed.ops
 
@@ -64,7 +67,7 @@ def initialize_engine(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(config, precision),
+        config=deepspeed_config(config, precision, dist.get_world_size()),
         dist_init_required=False,
     )
     if config.zero_stage == 3:

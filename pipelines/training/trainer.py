@@ -41,9 +41,11 @@ def build_trainer(
         loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.workers,
+            num_workers=config.num_workers,
+            elastic_resize_monitor_interval_s=config.resize_check_s,
+            placement_strategy=config.placement_strategy,
             use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": config.cpus_per_worker},
+            resources_per_worker={"CPU": config.cpus_per_worker, **config.worker_resources},
         ),
         run_config=ray.train.RunConfig(
             name=name,
