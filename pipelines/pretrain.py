@@ -3,12 +3,19 @@
     python -m pipelines.pretrain --data data/synthetic --output runs/tiny --config tiny --workers 2 --zero-stage 2
     python -m pipelines.pretrain --data data/ptbxl --output runs/cmelt --objective cmelt train.lr=3e-4 objective.ecg_mask_ratio=0.6
     ray job submit --address http://HEAD:8265 --runtime-env cluster/runtime_env.yaml -- \\
-        python -m pipelines.pretrain --data /mnt/shards --output /mnt/runs/melp --config merl-vit-small train.use_gpu=true
+        python -m pipelines.pretrain --data s3://bucket/shards --output s3://bucket/runs/melp --config merl-vit-small \\
+        train.use_gpu=true
 
 Overrides are `section.field=value`: sections `ecg`, `text`, `objective` (models/config.py) and
 `train` (pipelines/training/config.py). Rerunning with the same --output resumes from its latest
 checkpoint (a different config is refused, naming the field); --overwrite replaces a run directory that
 pretraining made (its made_by.json), never another folder, and only after --data has been checked.
+`--workers MIN-MAX` makes the run elastic: it goes on from its latest checkpoint with the workers left when one
+is lost, grows back when the cluster has room, keeps the global batch (gradient accumulation adapts) and
+the ZeRO optimizer state (resharded through a universal checkpoint), and ends at the planned samples.
+--data and --output take local paths or URIs (s3://, gs://, abfs://; credentials from the store's standard
+variables, e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL): a run in a bucket needs no disk
+that the nodes share.
 `pipelines.pretrain_lm` is MELP's stage 1 (masked-LM on report text) on the same machinery.
 """
 
@@ -30,15 +37,24 @@ from pipelines.training.overrides import parse_overrides
 def build_parser(description: str = __doc__, objectives: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--data", required=True, nargs="+", help="folder(s) of prepared shards (pipelines.prepare output), read as one"
+        "--data",
+        required=True,
+        nargs="+",
+        help="folder(s) or URI(s) of prepared shards (pipelines.prepare output), read as one",
     )
-    parser.add_argument("--output", required=True, help="run directory: checkpoints, metrics, logs/, export/")
+    parser.add_argument(
+        "--output", required=True, help="run directory, a path or a URI: checkpoints, metrics, logs/, export/"
+    )
     parser.add_argument(
         "--config", default="tiny", help=f"named model config ({', '.join(available_configs())}) or a JSON file"
     )
     parser.add_argument("--objective", choices=objectives or objective_names(), help="objective (default: the config's)")
     parser.add_argument("--task", default="synthetic", help="label task whose classes validation scores zero-shot")
-    parser.add_argument("--workers", type=int, help="Ray Train workers (train.workers)")
+    parser.add_argument(
+        "--workers",
+        help="Ray Train workers, N or MIN-MAX (elastic: goes on with fewer when workers are lost, grows back when "
+        "the cluster has room; train.workers, train.min_workers)",
+    )
     parser.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3 (train.zero_stage)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps in all (train.max_steps)")
     parser.add_argument("--epochs", type=int, help="passes over the train split (train.epochs)")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.object_store import session_env
+
 SHARED_PTBXL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl-500"
 
 # Set before Ray starts: no usage reporting, no token auth for the local test cluster. And before
@@ -29,7 +31,14 @@ def ray_cluster():
 
     # The dashboard stays on: without it, a Tune trial that ASHA stops mid-fit leaks its workers' placement
     # group and later trials wait for resources forever.
-    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=True, log_to_driver=False)
+    # Workers see the AWS_* variables of the session's S3 server (tests/object_store.py), whenever it starts.
+    ray.init(
+        num_cpus=2,
+        object_store_memory=512 * 2**20,
+        include_dashboard=True,
+        log_to_driver=False,
+        runtime_env={"env_vars": session_env()},
+    )
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

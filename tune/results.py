@@ -1,15 +1,17 @@
 """After a sweep: a row per trial (CSV + markdown), the metric against each swept parameter (PNG), and
 the best finished trial's export copied to a stable path.
 
-    rows = trial_rows(result_grid, swept, runs_dir)   # status, parameters, figures of every trial
-    best = copy_best(rows, "runs/sweep/best")      # the export of the best finished trial
+    rows = trial_rows(result_grid, swept, Location.of("runs/sweep/trials"))   # status, parameters, figures
+    best = copy_best(rows, Location.of("s3://bucket/sweep/best"))           # the best finished trial's export
+
+Every output is a `pipelines.storage.Location`: a local folder or one in an object store.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,20 +19,21 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from pipelines.storage import Location
 from pipelines.training.launch import EXPORT_DIR, METRICS_FILE
 
 METRIC = "val_macro_auroc"
 
 
-def trial_rows(result_grid, swept: Sequence[str], runs_dir: Path) -> list[dict]:
+def trial_rows(result_grid, swept: Sequence[str], runs_dir: Location) -> list[dict]:
     """One dict per trial: trial id, status (finished / stopped early / failed), the swept values, the
     last reported and the best val macro AUROC, epochs reached, and its export (finished only)."""
     rows = []
     for result in result_grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        run_dir = runs_dir / trial_id
-        finished = not result.error and (run_dir / METRICS_FILE).is_file()
-        summary = json.loads((run_dir / METRICS_FILE).read_text()) if finished else {}
+        run_dir = runs_dir.child(trial_id)
+        finished = not result.error and run_dir.child(METRICS_FILE).is_file()
+        summary = run_dir.child(METRICS_FILE).read_json() if finished else {}
         last = result.metrics or {}
         status = "failed" if result.error else ("finished" if finished else "stopped early")
         rows.append(
@@ -41,38 +44,40 @@ def trial_rows(result_grid, swept: Sequence[str], runs_dir: Path) -> list[dict]:
                 "last_" + METRIC: last.get(METRIC, math.nan),
                 "best_" + METRIC: summary.get("best", {}).get(METRIC, last.get(METRIC, math.nan)),
                 "epochs": last.get("epoch", 0),
-                "export": str(run_dir / EXPORT_DIR) if finished else "",
+                "export": run_dir.child(EXPORT_DIR).uri if finished else "",
                 "error": _first_line(result.error) if result.error else "",
             }
         )
     return rows
 
 
-def copy_best(rows: list[dict], destination: Path) -> dict | None:
-    """Copy the export of the finished trial with the best val AUROC to `destination` (replacing it);
-    returns that row, or None when no trial finished."""
+def copy_best(rows: list[dict], destination: Location) -> dict | None:
+    """Copy the export of the finished trial with the best val AUROC to `destination` (replacing it; through
+    a local temporary folder, so from and to an object store alike); returns that row, or None when no trial
+    finished."""
     finished = [row for row in rows if row["status"] == "finished" and not math.isnan(row["best_" + METRIC])]
     if not finished:
         return None
     best = max(finished, key=lambda row: row["best_" + METRIC])
-    if destination.exists():
-        shutil.rmtree(destination)
-    shutil.copytree(best["export"], destination)
-    (destination / "sweep_trial.json").write_text(json.dumps(best, indent=2, default=str))
+    destination.delete()
+    with tempfile.TemporaryDirectory(prefix="ecg-fm-best-") as local:
+        Location.of(best["export"]).download_to(local)
+        destination.upload_from(local)
+    destination.child("sweep_trial.json").write_json(best, default=str)
     return best
 
 
-def write_tables(rows: list[dict], output: Path) -> None:
+def write_tables(rows: list[dict], output: Location) -> None:
     """results.csv and results.md, best first."""
     frame = pd.DataFrame(rows).sort_values("best_" + METRIC, ascending=False, na_position="last")
-    frame.to_csv(output / "results.csv", index=False)
+    output.child("results.csv").write_text(frame.to_csv(index=False))
     shown = frame.drop(columns=["export"])
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + " --- |" * len(shown.columns)]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in shown.itertuples(index=False)]
-    (output / "results.md").write_text("\n".join(lines) + "\n")
+    output.child("results.md").write_text("\n".join(lines) + "\n")
 
 
-def plot_metric_against_parameters(rows: list[dict], space: dict[str, dict], path: Path) -> None:
+def plot_metric_against_parameters(rows: list[dict], space: dict[str, dict], path: Location) -> None:
     """One panel per swept parameter of `space`: each trial's best val macro AUROC against its value
     (failed trials left out; trials ASHA stopped drawn hollow; loguniform axes in log scale)."""
     swept = [field for field, spec in space.items() if "fixed" not in spec]
@@ -95,7 +100,9 @@ def plot_metric_against_parameters(rows: list[dict], space: dict[str, dict], pat
         if i == 0 and axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    path.write_bytes(png.getvalue())
 
 
 def _numeric(values) -> list:

@@ -4,7 +4,7 @@ DeepSpeed pretraining run; the best trial's export lands in `SWEEP_DIR/best/`.
     python -m tune.sweep --data data/synthetic --output runs/sweep --num-samples 8 --epochs 3
     python -m tune.sweep --data data/ptbxl --output runs/sweep-cmelt --objective cmelt --space my_space.yaml
     ray job submit --address http://HEAD:8265 --runtime-env cluster/runtime_env.yaml -- \\
-        python -m tune.sweep --data /mnt/shards --output /mnt/runs/sweep --workers-per-trial 4 train.use_gpu=true
+        python -m tune.sweep --data s3://bucket/shards --output s3://bucket/sweep --workers-per-trial 4 train.use_gpu=true
 
 ASHA stops weak trials after each validation (`--grace-epochs`); a trial that fails is recorded as
 failed and the sweep goes on. Rerunning with the same --output resumes the sweep (`Tuner.restore`):
@@ -12,8 +12,9 @@ finished trials are not rerun, unfinished ones resume from their last checkpoint
 `made_by.json` records the data, config, space and search: a rerun that differs is refused naming the
 field (`--overwrite` replaces a sweep's output, and no other folder). Output:
 `best/` (an export: config.json, model.safetensors, tokenizer/), `results.csv`, `results.md`,
-`metric_vs_parameters.png`, `trials/<trial id>/` (each trial's pretraining run directory) and Tune's
-own folder `sweep/`.
+`metric_vs_parameters.png`, `trials/<trial id>/` (each trial's pretraining run directory), Tune's
+own folder `sweep/` and `logs/sweep.log`. --output may be a URI (s3://…): all of it then lives in the bucket,
+and a rerun resumes from there.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ from models.factory import resolve_config
 from pipelines.data.trained_with import TrainedWith
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import claim_output
+from pipelines.storage import Location
 from pipelines.training.config import TrainConfig
 from pipelines.training.overrides import parse_overrides
+from pipelines.training.run_directory import RunDirectory
 from tune.results import METRIC, copy_best, plot_metric_against_parameters, trial_rows, write_tables
 from tune.space import SWEEPABLE, load_space, swept_fields, to_param_space
 from tune.trial import SweepSpec, run_trial
@@ -107,7 +110,7 @@ def as_grid(space: dict) -> dict:
 
 def sweep(
     data: Sequence[str],
-    output: str | Path,
+    output: str | Path | Location,
     *,
     config: str = "tiny",
     objective: str = "melp",
@@ -124,8 +127,8 @@ def sweep(
 ) -> dict:
     """Run (or resume) the sweep; returns the summary: best trial, trials by status, concurrency. The
     inputs are checked before the output is claimed (`pipelines.outputs`); `log_file` then also logs to
-    `OUTPUT/logs/<log_file>`."""
-    output = Path(output).resolve()
+    `OUTPUT/logs/<log_file>` (uploaded when the sweep ends, if OUTPUT is a URI)."""
+    output = Location.of(output)
     space = load_space(objective, space_file)
     if search == "grid":
         space = as_grid(space)
@@ -146,8 +149,11 @@ def sweep(
         "val_rows": val_rows,
     }
     claim_output(output, "sweep", made_with, overwrite=overwrite)
+    run = RunDirectory.open(output, "sweep")
+    logs = [f"logs/{log_file}"] if log_file else []
+    run.resume(*logs)
     if log_file:
-        setup_logging(output / "logs" / log_file)
+        setup_logging(run.local / logs[0])
     if not ray.is_initialized():
         ray.init()
     resources = ray.cluster_resources()
@@ -159,12 +165,12 @@ def sweep(
         resources.get("GPU", 0) if base_train.use_gpu else None,
     )
     base_train = base_train.with_overrides({"cpus_per_worker": cpus_per_worker})
-    spec = SweepSpec(folders, config, objective, base_train.to_dict(), val_rows, str(output / TRIALS_DIR))
+    spec = SweepSpec(folders, config, objective, base_train.to_dict(), val_rows, output.child(TRIALS_DIR).uri)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec.to_dict()), {"CPU": TRIAL_DRIVER_CPU})
-    tune_path = output / TUNE_DIR
-    if tune.Tuner.can_restore(str(tune_path)):
+    tune_path = output.child(TUNE_DIR).uri
+    if tune.Tuner.can_restore(tune_path):
         log.info("sweep: resuming %s", tune_path)
-        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=False)
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=False)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -184,7 +190,7 @@ def sweep(
                 max_concurrent_trials=concurrent,
             ),
             run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=str(output), failure_config=tune.FailureConfig(max_failures=0)
+                name=TUNE_DIR, storage_path=output.uri, failure_config=tune.FailureConfig(max_failures=0)
             ),
         )
     log.info(
@@ -196,11 +202,15 @@ def sweep(
         cpus_per_worker,
         ", ".join(swept_fields(space)),
     )
-    result_grid = tuner.fit()
-    rows = trial_rows(result_grid, swept_fields(space), output / TRIALS_DIR)
+    try:
+        result_grid = tuner.fit()
+    finally:
+        run.sync(*logs)
+    rows = trial_rows(result_grid, swept_fields(space), output.child(TRIALS_DIR))
     write_tables(rows, output)
-    plot_metric_against_parameters(rows, space, output / "metric_vs_parameters.png")
-    best = copy_best(rows, output / BEST_DIR)
+    plot_metric_against_parameters(rows, space, output.child("metric_vs_parameters.png"))
+    best = copy_best(rows, output.child(BEST_DIR))
+    run.close(*logs)
     statuses = [row["status"] for row in rows]
     return {
         "best": best,
@@ -263,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if best is None:
         log.error("no trial finished: no best/ export")
         return 1
-    print(f"best: {best['trial']} val macro AUROC {best['best_' + METRIC]:.4f} → {Path(args.output) / BEST_DIR}")
+    print(f"best: {best['trial']} val macro AUROC {best['best_' + METRIC]:.4f} → {Location.of(args.output) / BEST_DIR}")
     return 0
 
 

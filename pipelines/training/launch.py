@@ -2,14 +2,20 @@
 
     result = pretrain("data/synthetic", "runs/tiny", resolve_config("tiny"), TrainConfig(workers=2))
 
-Run directory layout (a local path or a mount every node shares):
+Run directory layout (a local path, a mount every node shares, or a URI such as s3://bucket/runs/x):
+    made_by.json      what made it (`pipelines.outputs`)
     config.json       resolved model + training config and label task (a rerun must match it)
     train/            Ray Train's storage: checkpoint-step*/ (DeepSpeed shards of every rank), state
     tensorboard/      scalars from rank 0
     export/           the best checkpoint, consolidated: config.json, model.safetensors, tokenizer/
                       (+ text-encoder/, a Hugging Face folder, after a MELP stage-1 run)
-    metrics.json      final and best figures
+    metrics.json      final and best figures, and every report's (`history`: each epoch's data wait, …);
+                      planned and trained samples, every change of world size (`resizes`: step, old, new, why)
     logs/             the driver's log (pretrain.log) and each worker's (worker-<rank>.log)
+
+In a URI run directory, what needs a local disk is written to each process's scratch folder
+(`RunDirectory`) and uploaded: the workers' logs and TensorBoard files at every checkpoint and at the end,
+the driver's log when training ends (or fails), the export once it is built and checked.
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ from pipelines.data.trained_with import TrainedWith
 from pipelines.labels.tasks import Task, load_task
 from pipelines.logs import setup_logging
 from pipelines.outputs import check_output, claim_output
+from pipelines.storage import Location
 from pipelines.training.checkpoints import export_checkpoint
 from pipelines.training.config import TrainConfig
 from pipelines.training.console import RelayedConsole
 from pipelines.training.data import label_lists, split_dataset, train_columns, val_columns
+from pipelines.training.history import HISTORY_FILE, ReportHistory, read_history
+from pipelines.training.run_directory import RunDirectory
 from pipelines.training.trainer import best_checkpoint, build_trainer, is_number, with_cpus_per_worker
 from pipelines.training.worker import FaultInjection, LoopSpec, train_loop_per_worker
 
@@ -63,7 +72,7 @@ def check_run(data: Sequence[str], model_config: ModelConfig, task: str) -> tupl
 
 def pretrain(
     data: str | Sequence[str],
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | Location,
     model_config: ModelConfig,
     train_config: TrainConfig,
     *,
@@ -84,7 +93,7 @@ def pretrain(
     started = time.time()
     data = [str(data)] if isinstance(data, str | os.PathLike) else [str(folder) for folder in data]
     trained_with, val_task = check_run(data, model_config, task)
-    run_dir = Path(run_dir).resolve()
+    run_dir = Location.of(run_dir)
     made_with = _resumable(_resolved(model_config, train_config, task))
     check_output(run_dir, "pretrain", made_with, overwrite=overwrite, legacy=_legacy_run)  # refused before Ray starts
     if not ray.is_initialized():
@@ -93,7 +102,7 @@ def pretrain(
 
     objective = model_config.objective.name
     reads_signals = objective_class(objective).reads_signals
-    train = split_dataset(data, "train", train_columns(objective)).randomize_block_order(seed=train_config.seed)
+    train = split_dataset(data, "train", train_columns(objective), shuffle_seed=train_config.seed)
     val = split_dataset(data, "val", val_columns(objective)).limit(val_rows)
     val_labels = list(_labels_of(split_dataset(data, "val", ["labels"]).limit(val_rows)))
     n_train = train.count()
@@ -102,18 +111,21 @@ def pretrain(
     if steps_per_epoch < 1:
         raise ValueError(
             f"{', '.join(data)}: the train split has {n_train} rows; one optimizer step needs {rows_per_step} "
-            f"(train.batch_size), split over {train_config.workers} workers"
+            f"(train.batch_size), split over {train_config.workers_range} workers"
         )
     if len(val_labels) < train_config.workers:
         raise ValueError(f"{', '.join(data)}: the val split has {len(val_labels)} rows; validation needs one per worker at least")
     _claim_run_dir(run_dir, model_config, train_config, task, overwrite)  # the data checked: now it may delete
+    run = RunDirectory.open(run_dir, "driver")
+    logs = [f"{LOGS_DIR}/{log_file}"] if log_file else []
+    run.resume(*logs)  # a resubmitted run appends to its log
     if log_file:
-        setup_logging(run_dir / LOGS_DIR / log_file)
+        setup_logging(run.local / LOGS_DIR / log_file)
     total_steps = train_config.max_steps or train_config.epochs * steps_per_epoch
     val_codes = val_task.present_codes(val_labels) if reads_signals else []
     score = ("val_macro_auroc", "max") if val_codes else ("val_loss", "min")
     log.info(
-        "pretrain: %s on %s — %s train rows, %s val rows; %s steps per epoch, %s steps in all on %d workers "
+        "pretrain: %s on %s — %s train rows, %s val rows; %s steps per epoch, %s steps in all on %s workers "
         "(ZeRO-%d, micro-batch %d); validation: zero-shot AUROC of task %s over %s",
         objective,
         ", ".join(data),
@@ -121,7 +133,7 @@ def pretrain(
         f"{len(val_labels):,}",
         f"{steps_per_epoch:,}",
         f"{total_steps:,}",
-        train_config.workers,
+        train_config.workers_range,
         train_config.zero_stage,
         train_config.micro_batch,
         val_task.name,
@@ -136,7 +148,7 @@ def pretrain(
             steps_per_epoch=steps_per_epoch,
             val_task=val_task,
             val_codes=val_codes,
-            run_dir=str(run_dir),
+            run_dir=run_dir.uri,
             trained_with=trained_with.to_dict(),
             console=console.relay,
             fault=_fault_from_env(),
@@ -145,28 +157,36 @@ def pretrain(
             train_loop_per_worker,
             spec.to_dict(),
             train_config,
-            storage=run_dir,
+            storage=run_dir.uri,
             name=STORAGE_NAME,
             datasets={"train": train, "val": val},
             score=score,
-            callbacks=callbacks,
+            callbacks=[*callbacks, ReportHistory(run_dir / STORAGE_NAME / HISTORY_FILE)],
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        finally:
+            run.sync(*logs)  # the driver's log so far, in the run directory even when training failed
     best, best_metrics = best_checkpoint(result.best_checkpoints, *score)
-    exported, export_max_diff = export_checkpoint(best, model_config, trained_with, run_dir / EXPORT_DIR)
+    exported, export_max_diff = export_checkpoint(best, model_config, trained_with, run.local / EXPORT_DIR)
     if not reads_signals:
-        exported.text.save_encoder(run_dir / EXPORT_DIR / TEXT_ENCODER_DIR)
+        exported.text.save_encoder(run.local / EXPORT_DIR / TEXT_ENCODER_DIR)
+    run.sync(EXPORT_DIR)
     metrics = {
         "final": {k: v for k, v in result.metrics.items() if is_number(v)},
         "best": {k: v for k, v in best_metrics.items() if is_number(v)},
         "best_checkpoint": Path(best.path).name,
+        "history": read_history(run_dir / STORAGE_NAME / HISTORY_FILE),
         "selected_by": score[0],
         "export_max_abs_diff": export_max_diff,
         "total_steps": total_steps,
+        "planned_samples": total_steps * train_config.batch_size,
+        "samples": result.metrics["step"] * train_config.batch_size,
+        "resizes": result.metrics.get("resizes", []),
         "train_rows": n_train,
         "elapsed_seconds": time.time() - started,
     }
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    run_dir.child(METRICS_FILE).write_json(metrics)
     log.info(
         "pretrain: exported %s (%s %.4f) to %s in %.0f s",
         metrics["best_checkpoint"],
@@ -175,17 +195,18 @@ def pretrain(
         run_dir / EXPORT_DIR,
         metrics["elapsed_seconds"],
     )
+    run.close(*logs)
     return metrics
 
 
 def _claim_run_dir(
-    run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, task: str, overwrite: bool
+    run_dir: Location, model_config: ModelConfig, train_config: TrainConfig, task: str, overwrite: bool
 ) -> None:
     """Claim the run directory and write the resolved config; one that holds a different run is refused
     (naming the field), not mixed, and one that no pretraining run made is never deleted."""
     resolved = _resolved(model_config, train_config, task)
     claim_output(run_dir, "pretrain", _resumable(resolved), overwrite=overwrite, legacy=_legacy_run)
-    (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2))
+    run_dir.child(RUN_CONFIG_FILE).write_json(resolved)
 
 
 def _resolved(model_config: ModelConfig, train_config: TrainConfig, task: str) -> dict:
@@ -203,12 +224,13 @@ def _legacy_run(run_dir: Path) -> dict | None:
 
 
 def _resumable(resolved: dict) -> dict:
-    """What must match for a rerun to continue a run: all but how long it trains, how it is spread and how
-    often it checkpoints."""
+    """What must match for a rerun to continue a run: all but how long it trains, how it is spread (a checkpoint
+    written at another world size is resharded on restore) and how often it checkpoints."""
+    spread = ("workers", "min_workers", "resize_check_s", "placement_strategy", "worker_resources", "cpus_per_worker")
     train = {
         k: v
         for k, v in resolved["train"].items()
-        if k not in ("max_steps", "epochs", "progress_every_s", "cpus_per_worker", "validate_every")
+        if k not in ("max_steps", "epochs", "progress_every_s", "validate_every", *spread)
     }
     return {"model": resolved["model"], "train": json.loads(json.dumps(train)), "task": resolved.get("task", "synthetic")}
 

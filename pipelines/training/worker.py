@@ -4,9 +4,11 @@
 the model and training configs, the planned number of optimizer steps, the zero-shot validation
 task and classes, what the data was prepared with, where the run directory is, and the console relay
 through which rank 0's progress lines and epoch summaries reach the driver (each worker's own log
-goes to RUN_DIR/logs/worker-<rank>.log). A worker that was restarted after a failure, or a run
-resubmitted into the same run directory, starts from Ray Train's latest checkpoint; a restored
-epoch restarts its pass over the data, and the run still stops at the planned step.
+goes to RUN_DIR/logs/worker-<rank>.log, rank 0's TensorBoard files to RUN_DIR/tensorboard/; when RUN_DIR
+is a URI, through a local scratch folder uploaded at every checkpoint and at the end). A worker that was
+restarted after a failure, or a run resubmitted into the same run directory, starts from Ray Train's
+latest checkpoint; a restored epoch restarts its pass over the data, and the run still stops at the
+planned step.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,12 +29,14 @@ from models.config import ModelConfig
 from models.model import ECGTextModel
 from pipelines.labels.tasks import Task
 from pipelines.logs import file_handler
-from pipelines.training.checkpoints import TrainingState, report_with_checkpoint, restore_latest
+from pipelines.storage import Location
+from pipelines.training.checkpoints import report_with_checkpoint, restore_latest
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import collate_batch
 from pipelines.training.engine import DTYPES, initialize_engine, resolve_precision
 from pipelines.training.export_check import probe_embeddings, save_probe, take_probe
 from pipelines.training.meter import StepMeter
+from pipelines.training.run_directory import RunDirectory
 from pipelines.training.validation import validate
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     precision = resolve_precision(train.precision, train.use_gpu)
     dtype = DTYPES[precision]
-    worker_log = _log_to_file(Path(spec.run_dir) / "logs" / f"worker-{rank}.log")
+    run = RunDirectory.open(spec.run_dir, f"worker-{rank}")
+    own_files = [f"logs/worker-{rank}.log", *(["tensorboard"] if rank == 0 else [])]
+    run.resume(own_files[0])  # a restarted or resubmitted worker appends to its log
+    worker_log = _log_to_file(run.local / own_files[0])
 
     def say(line: str) -> None:
         log.info(line)
@@ -90,14 +97,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine, scheduler = initialize_engine(
         model, train, spec.total_steps, precision, model.parameters_used_outside_their_module()
     )
-    state = restore_latest(engine)
+    restored = restore_latest(engine)  # written at another world size: repartitioned through a universal checkpoint
+    state = restored.resized(world_size)
+    if state.resizes != restored.resizes:
+        say(f"resized {restored.world_size} → {world_size} workers at step {state.step} ({state.resizes[-1]['why']})")
     torch.manual_seed(train.seed + 7919 * rank + 104729 * state.step)  # masking and lead drop differ per rank
 
     collate = partial(collate_batch, model, dtype=dtype, device=device)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     meter = StepMeter(world_size, state.step)
-    writer = _tensorboard(spec, rank)
+    writer = _tensorboard(spec, rank, run.local)
     fault = FaultInjection(**spec.fault) if spec.fault else None
     started = last_progress = time.perf_counter()
     step, epoch = state.step, state.epoch
@@ -107,7 +117,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     def checkpoint(epoch_done: int) -> None:
         nonlocal checkpointed_step
-        metrics = {"step": step, "epoch": epoch_done, "restored_step": state.step, "lr": scheduler.get_last_lr()[0]}
+        metrics = {
+            "step": step,
+            "epoch": epoch_done,
+            "restored_step": state.step,
+            "world_size": world_size,
+            "lr": scheduler.get_last_lr()[0],
+        }
         metrics.update(meter.figures())
         val_batches = _keeping_probe(val_shard.iter_batches(batch_size=VAL_BATCH_SIZE), probe)
         metrics.update(validate(model, val_batches, spec.val_task, spec.val_codes, dtype, device))
@@ -119,7 +135,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     writer.add_scalar(name, value, step)
                 writer.flush()
         add_files = partial(_add_files, spec, probe, embeddings, precision) if rank == 0 else None
-        report_with_checkpoint(engine, metrics, TrainingState(step=step, epoch=epoch_done), add_files)
+        saved = replace(state, step=step, epoch=epoch_done)
+        report_with_checkpoint(engine, {**metrics, "resizes": list(state.resizes)}, saved, add_files)
+        run.sync(*own_files)
         checkpointed_step = step
 
     while step < spec.total_steps:
@@ -173,6 +191,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         writer.close()
     logging.getLogger().removeHandler(worker_log)
     worker_log.close()
+    run.close(*own_files)
 
 
 def _add_files(spec: LoopSpec, probe: dict, embeddings: dict, precision: str, directory: str) -> None:
@@ -199,16 +218,18 @@ def _keeping_probe(batches, probe: dict):
         yield batch
 
 
-def _tensorboard(spec: LoopSpec, rank: int):
+def _tensorboard(spec: LoopSpec, rank: int, local_run_dir: Path):
     if rank != 0 or not spec.tensorboard:
         return None
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(str(Path(spec.run_dir) / "tensorboard"))
+    return SummaryWriter(str(local_run_dir / "tensorboard"))
 
 
 def _inject_fault(run_dir: str, rank: int, step: int) -> None:
-    marker = Path(run_dir) / FAULT_MARKER
+    """Exit once per run directory: the marker goes to the run directory itself (not a scratch folder), where
+    the restarted worker, on whichever node, finds it."""
+    marker = Location.of(run_dir).child(FAULT_MARKER)
     if marker.exists():
         return
     marker.write_text(f"rank {rank} exited at step {step}\n")

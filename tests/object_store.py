@@ -1,0 +1,130 @@
+"""A real S3 server for tests: moto's (`python -m moto.server`) on a free 127.0.0.1 port, one bucket in it.
+
+    from tests.object_store import object_store   # noqa: F401 (a pytest fixture, module-scoped)
+
+    def test_x(object_store):
+        uri = object_store.uri("runs/x")           # s3://<bucket>/runs/x
+        ...                                        # boto3, pyarrow, Ray Data/Train reach it by the AWS_* variables
+
+The fixture sets the AWS_* variables (`ObjectStore.env`) in this process for the module's tests and restores
+them afterwards. Processes that do not inherit this environment need `env` passed to them: a `ray job` as its
+runtime environment's `env_vars`, and the session's Ray cluster (started before any module's server) gets
+`session_env()` in its runtime environment: every module's server listens on that one port, reserved once
+per session, so workers started at any time reach the current module's server.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+
+import pytest
+
+BUCKET = "ecg-fm-test"
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """A running S3 server: its `endpoint` URL, the `bucket` made in it, and `env`, the variables that point
+    boto3, pyarrow and Ray at it."""
+
+    endpoint: str
+    bucket: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def uri(self, path: str = "") -> str:
+        """`s3://<bucket>/<path>`."""
+        return f"s3://{self.bucket}/{path.lstrip('/')}"
+
+    def client(self):
+        """A boto3 S3 client of this server (whatever this process's environment holds)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object's key under `prefix` in the bucket, sorted (not the empty "folder/" keys pyarrow makes)."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        keys = (item["Key"] for page in pages for item in page.get("Contents", []))
+        return sorted(key for key in keys if not key.endswith("/"))
+
+
+@cache
+def session_env() -> dict[str, str]:
+    """The AWS_* variables of this session's servers: a port free when first asked, test credentials."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def _wait_until_up(endpoint: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"moto server exited with {server.returncode} before it answered at {endpoint}")
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise RuntimeError(f"moto server did not answer at {endpoint} within {START_TIMEOUT_S:.0f} s")
+
+
+def start_object_store() -> tuple[ObjectStore, subprocess.Popen]:
+    """Start moto's server at `session_env()`'s endpoint and make the bucket; the caller stops the process."""
+    env = session_env()
+    endpoint = env["AWS_ENDPOINT_URL"]
+    port = endpoint.rsplit(":", 1)[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    store = ObjectStore(endpoint, BUCKET, dict(env))
+    try:
+        _wait_until_up(endpoint, server)
+        store.client().create_bucket(Bucket=BUCKET)
+    except BaseException:
+        server.terminate()
+        server.wait(timeout=10)
+        raise
+    return store, server
+
+
+@pytest.fixture(scope="module")
+def object_store() -> Iterator[ObjectStore]:
+    """A moto S3 server with one empty bucket, the AWS_* variables set for this process meanwhile."""
+    store, server = start_object_store()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in store.env.items():
+            patch.setenv(name, value)
+        try:
+            yield store
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
