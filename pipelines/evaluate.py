@@ -3,6 +3,7 @@
     python -m pipelines.evaluate --model runs/tiny/export --data data/synthetic --output runs/tiny/eval
     python -m pipelines.evaluate --model runs/ptbxl/export --data data/ptbxl --task ptbxl-super \\
         --mode zero-shot linear-probe finetune --output runs/ptbxl/eval-super --workers 2 train.epochs=20
+    python -m pipelines.evaluate --model s3://bucket/runs/x/export --data s3://bucket/shards --output s3://bucket/runs/x/eval
 
 Tasks: ptbxl-super, ptbxl-sub, ptbxl-form, ptbxl-rhythm, cinc, synthetic, or a class table (JSON or
 CSV) by path; `--prompts FILE` replaces the prompts of any classes it names. Modes: zero-shot (the
@@ -10,6 +11,11 @@ default), linear-probe (logistic regression on frozen embeddings, 1 / 10 / 100 %
 finetune (the ECG tower + a linear head on Ray Train and DeepSpeed; `train.field=value` overrides its
 TrainConfig). Writes OUTPUT/metrics.json (`macro_auroc` and `per_class_auroc` of the headline mode,
 every mode and baseline beside them), OUTPUT/report.md and its PNG plots.
+
+`--model`, `--data` and `--output` may be URIs (s3://…; credentials from the standard variables). The
+export is loaded from a cached copy on each node that needs it. An output URI is written in a local
+temporary folder (fine-tuning's checkpoints too: multi-node fine-tuning needs a local --output on a
+shared filesystem) and uploaded when the evaluation has finished; a failed run uploads nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.evaluation.finetune import FINETUNE_DEFAULTS
@@ -25,18 +33,23 @@ from pipelines.evaluation.report import write_report
 from pipelines.evaluation.suite import MODES, evaluate_export
 from pipelines.labels.tasks import TASK_NAMES, load_task
 from pipelines.logs import init_ray, setup_logging
+from pipelines.storage import Location
 from pipelines.training.overrides import parse_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="an export folder (RUN_DIR/export)")
-    parser.add_argument("--data", required=True, help="folder of prepared shards with a labels column")
+    parser.add_argument("--model", required=True, help="an export folder (RUN_DIR/export), or its URI (s3://…)")
+    parser.add_argument("--data", required=True, help="prepared shards with a labels column (a folder or URI)")
     parser.add_argument(
         "--task", help=f"{', '.join(TASK_NAMES)}, or a class table file (default: the task the export was validated on)"
     )
     parser.add_argument("--mode", nargs="+", default=["zero-shot"], choices=MODES, help="what to measure")
-    parser.add_argument("--output", required=True, help="folder for metrics.json, report.md and plots")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder or URI for metrics.json, report.md and plots (a URI: uploaded when the evaluation has finished)",
+    )
     parser.add_argument("--split", default="test", help="the split scored (default test)")
     parser.add_argument("--prompts", help="JSON {code: [prompt, ...]} replacing those classes' prompts")
     parser.add_argument("--no-baselines", action="store_true", help="skip the random-weights and report-text runs")
@@ -57,29 +70,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as error:
         parser.error(str(error))
-    output = Path(args.output)
-    setup_logging(output / "logs" / "evaluate.log")
-    if "finetune" in args.mode:
-        init_ray(args.address)
-    try:
-        results, curves = evaluate_export(
-            args.model,
-            args.data,
-            args.task,
-            args.mode,
-            output,
-            prompts=args.prompts,
-            split=args.split,
-            baselines=not args.no_baselines,
-            finetune_config=finetune_config,
-        )
-    except ValueError as error:  # the export, the shards or the task do not fit together
-        parser.error(str(error))
-    (output / "metrics.json").write_text(json.dumps(results, indent=2))
-    write_report(results, curves, output)
+    output = Location.of(args.output)
+    with _written_locally(output) as local:
+        setup_logging(local / "logs" / "evaluate.log")
+        if "finetune" in args.mode:
+            init_ray(args.address)
+        try:
+            results, curves = evaluate_export(
+                args.model,
+                args.data,
+                args.task,
+                args.mode,
+                local,
+                prompts=args.prompts,
+                split=args.split,
+                baselines=not args.no_baselines,
+                finetune_config=finetune_config,
+            )
+        except ValueError as error:  # the export, the shards or the task do not fit together
+            parser.error(str(error))
+        (local / "metrics.json").write_text(json.dumps(results, indent=2))
+        write_report(results, curves, local)
     _print_headline(results)
-    print(f"report: {output / 'report.md'}")
+    print(f"report: {output.child('report.md')}")
     return 0
+
+
+@contextmanager
+def _written_locally(output: Location) -> Iterator[Path]:
+    """A local folder to write `output` in: the folder itself, or for a URI a temporary folder uploaded
+    to it when the block completes."""
+    if output.is_local:
+        yield Path(output.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="ecg-fm-evaluate-") as local:
+        yield Path(local)
+        output.upload_from(local)
 
 
 def _flags(args: argparse.Namespace) -> dict:

@@ -35,7 +35,7 @@ from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.records import RecordOptions, prepare_batch
 from pipelines.data.rejection_hint import dominant_rejection_hint
 from pipelines.data.shard_sink import ShardSink
-from pipelines.data.sources import Listing, SourceOptions, list_source
+from pipelines.data.sources import Listing, SourceOptions, archive_uri_problem, list_source
 from pipelines.data.trained_with import MANIFEST_FILE
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import OutputRefused, check_output, mark, written_beside
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="archive layout: PTB-XL folder, MIMIC-IV-ECG folder, any WFDB folder tree, "
                              "or synthetic (generate the default data, then prepare it)")
     parser.add_argument("--input", required=True,
-                        help="archive folder; for synthetic, the number of ECGs or a SyntheticConfig JSON file")
+                        help="archive folder on a mounted filesystem (not a URI); for synthetic, the number of ECGs "
+                             "or a SyntheticConfig JSON file")
     parser.add_argument("--output", required=True, help="folder (or pyarrow URI, e.g. s3://…) for the shards")
     parser.add_argument("--fs", type=int, default=500, help="output sampling rate in Hz")
     parser.add_argument("--seconds", type=float, default=10.0, help="output length; longer records cropped, shorter zero-padded")
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.source == "synthetic":
         if not (args.input.isdigit() and int(args.input) > 0) and not Path(args.input).is_file():
             parser.error(f"--input for synthetic must be a positive number of ECGs or a config file, got {args.input!r}")
+    elif problem := archive_uri_problem(args.input):
+        parser.error(problem)
     elif not Path(args.input).is_dir():
         parser.error(f"--input {args.input} is not a directory")
     output = _output_location(args.output, args.overwrite, parser)

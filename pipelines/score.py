@@ -4,6 +4,7 @@ streamed through Ray Data with the model loaded once per actor.
     python -m pipelines.score --model runs/sweep/best --input data/synthetic --output runs/scores
     python -m pipelines.score --model runs/sweep/best --input /mnt/ptb-xl --source ptbxl --output runs/ptbxl-scores \\
         --labels labels.json --batch-size 64 --embeddings
+    python -m pipelines.score --model s3://bucket/runs/x/export --input s3://bucket/shards --output s3://bucket/scores
 
 Output: `scores/<unit>.parquet` (`ecg_id`, `score_<label>` per label, `embedding` with --embeddings),
 `rejected/<unit>.parquet` and `rejected_listing.parquet` (each unreadable record with its reason), and
@@ -13,6 +14,12 @@ an archive. The output's `made_by.json` records what made it (the export's finge
 source, part size, embeddings, a fingerprint of the input's unit listing): a rerun that matches skips
 the units already written, one that differs is refused naming the difference (`--overwrite` replaces an
 output that scoring made, and nothing else).
+
+The export, the shards and the output may be URIs (s3://…, `pipelines.storage`; credentials from the
+standard variables): each node that loads the export (the driver, every scoring actor) loads a cached
+copy of it, and parts are written straight into the output, where a rerun finds them as it does on disk.
+Archives (--source ptbxl/mimic/wfdb) must be on a mounted filesystem. The log file
+(OUTPUT/logs/score.log) is written for a local output only.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,36 +42,62 @@ import ray
 from models.model import export_fingerprint
 from pipelines.data.records import record_id_of
 from pipelines.data.shard_sink import REJECTED_SCHEMA
-from pipelines.data.sources import SourceOptions, list_source
+from pipelines.data.sources import SourceOptions, archive_uri_problem, list_source
 from pipelines.data.trained_with import TrainedWith
 from pipelines.labels.tasks import load_task
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import claim_output
-from pipelines.serving.batch import REJECTED_DIR, SCORES_DIR, ScoreUnits, unit_done
+from pipelines.serving.batch import REJECTED_DIR, SCORES_DIR, ScoreUnits, part_names, part_of, write_part
+from pipelines.storage import Location, cached_copy
 
 log = logging.getLogger("pipelines.score")
 
 SOURCES = ("shards", "ptbxl", "mimic", "wfdb")
 
 
-def work_units(input_path: Path, source: str, part_size: int) -> tuple[list[dict], pa.Table | None, int]:
-    """(units, records rejected while listing, records in): one unit per shard file, or per `part_size`
-    listed records of an archive."""
+@dataclass
+class WorkList:
+    """What to score: `units` ({unit, shard_path, records}: one per shard file, or per `part_size` listed
+    records of an archive), the records in, those rejected while listing, and each shard's size in bytes
+    (in unit order)."""
+
+    units: list[dict]
+    records_in: int
+    rejected: pa.Table | None = None
+    shard_sizes: list[int] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """16 hex digits over the units (names, shard paths and sizes, or listed records): what a rerun must
+        find again to continue an output."""
+        digest = hashlib.sha256(json.dumps(self.units, sort_keys=True).encode())
+        for size in self.shard_sizes:
+            digest.update(str(size).encode())
+        return digest.hexdigest()[:16]
+
+
+def work_units(source_location: Location, source: str, part_size: int) -> WorkList:
+    """The units of prepared shards (a folder or URI; every parquet file under it but `rejected.parquet`)
+    or of an archive on a mounted filesystem."""
     if source == "shards":
-        shards = sorted(p for p in input_path.rglob("*.parquet") if p.name != "rejected.parquet")
+        shards = [
+            info
+            for info in source_location.files()
+            if info.path.endswith(".parquet") and Path(info.path).name != "rejected.parquet"
+        ]
         if not shards:
-            raise ValueError(f"{input_path} holds no parquet shards")
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+            raise ValueError(f"{source_location} holds no parquet shards")
+        relative = [info.path.removeprefix(f"{source_location.path}/") for info in shards]
         units = [
             {
-                "unit": p.relative_to(input_path).with_suffix("").as_posix().replace("/", "__"),
-                "shard_path": str(p),
+                "unit": name.removesuffix(".parquet").replace("/", "__"),
+                "shard_path": source_location.child(name).uri,
                 "records": "",
             }
-            for p in shards
+            for name in relative
         ]
-        return units, None, rows
-    listing = list_source(source, SourceOptions(input=input_path))
+        rows = sum(pq.read_metadata(info.path, filesystem=source_location.filesystem).num_rows for info in shards)
+        return WorkList(units, rows, shard_sizes=[info.size for info in shards])
+    listing = list_source(source, SourceOptions(input=Path(source_location.path)))
     records = listing.records
     units = [
         {
@@ -74,7 +108,7 @@ def work_units(input_path: Path, source: str, part_size: int) -> tuple[list[dict
         for start in range(0, len(records), part_size)
     ]
     rejected = pa.Table.from_pylist(listing.rejected, schema=REJECTED_SCHEMA) if listing.rejected else None
-    return units, rejected, listing.records_in
+    return WorkList(units, listing.records_in, rejected)
 
 
 def score(
@@ -95,32 +129,35 @@ def score(
     """Score every unit not yet written; returns the summary also written to `summary.json`. Archives are
     preprocessed as the export's training data was; shards must have been prepared that way (checked).
     The input is listed and checked before the output is claimed (`pipelines.outputs`; OutputRefused
-    names what differs); `log_file` then also logs to `OUTPUT/logs/<log_file>`."""
+    names what differs); `log_file` then also logs to `OUTPUT/logs/<log_file>` (a local output only)."""
     started = time.time()
-    input_dir = Path(input_path).resolve()
-    trained_with = TrainedWith.of_export(model_dir)
+    if source != "shards" and (problem := archive_uri_problem(input_path)):
+        raise ValueError(problem)
+    export = cached_copy(model_dir)  # the driver reads the export's record and fingerprint from a local copy
+    trained_with = TrainedWith.of_export(str(export))
     if source == "shards":
         trained_with.check_shards([input_path])
-    units, listing_rejected, records_in = work_units(input_dir, source, part_size)
+    work = work_units(Location.of(input_path), source, part_size)
     task = task or trained_with.task
     labels = labels or list(load_task(task).codes)
     made_with = {
-        "model": export_fingerprint(model_dir),
+        "model": export_fingerprint(export),
         "task": task,
         "labels": labels,
         "source": source,
         "part_size": None if source == "shards" else part_size,
         "embeddings": embeddings,
-        "input_listing": _listing_fingerprint(units),
+        "input_listing": work.fingerprint(),
     }
-    output_dir = Path(output).resolve()
-    claim_output(output_dir, "score", made_with, overwrite=overwrite)
-    if log_file:
-        setup_logging(output_dir / "logs" / log_file)
-    todo = [unit for unit in units if not unit_done(output_dir, unit["unit"])]
-    if listing_rejected is not None:
-        pq.write_table(listing_rejected, output_dir / "rejected_listing.parquet")
-    log.info("score: %d units, %d already done, %d to score", len(units), len(units) - len(todo), len(todo))
+    destination = Location.of(output)
+    claim_output(destination, "score", made_with, overwrite=overwrite)
+    if log_file and destination.is_local:
+        setup_logging(Path(destination.path) / "logs" / log_file)
+    done = part_names(destination, SCORES_DIR)
+    todo = [unit for unit in work.units if unit["unit"] not in done]
+    if work.rejected is not None:
+        write_part(work.rejected, destination.child("rejected_listing.parquet"))
+    log.info("score: %d units, %d already done, %d to score", len(work.units), len(work.units) - len(todo), len(todo))
     if todo:
         if not ray.is_initialized():
             ray.init()
@@ -129,61 +166,62 @@ def score(
             batch_size=1,
             concurrency=actors,
             fn_constructor_kwargs={
-                "model_dir": str(Path(model_dir).resolve()),
+                "model_dir": Location.of(model_dir).uri,  # each actor loads its own node's copy
                 "task": task,
                 "labels": labels,
-                "output": str(output_dir),
+                "output": destination.uri,
                 "batch_size": batch_size,
                 "embeddings": embeddings,
             },
         ).materialize()
-    summary = _account(output_dir, units, listing_rejected, records_in, by_record=source != "shards")
+    summary = _account(destination, work, by_record=source != "shards")
     summary["elapsed_seconds"] = time.time() - started
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    destination.child("summary.json").write_json(summary)
     return summary
 
 
-def _listing_fingerprint(units: list[dict]) -> str:
-    """16 hex digits over the units (names, shard paths and sizes, or listed records): what a rerun must
-    find again to continue an output."""
-    digest = hashlib.sha256(json.dumps(units, sort_keys=True).encode())
-    for unit in units:
-        if unit["shard_path"]:
-            digest.update(str(Path(unit["shard_path"]).stat().st_size).encode())
-    return digest.hexdigest()[:16]
-
-
-def _account(
-    output_dir: Path, units: list[dict], listing_rejected: pa.Table | None, records_in: int, by_record: bool
-) -> dict:
-    """Every record in is scored or rejected, counted from the parts on disk: `scored` is the number of
+def _account(output: Location, work: WorkList, by_record: bool) -> dict:
+    """Every record in is scored or rejected, counted from the parts written: `scored` is the number of
     distinct records among the score rows (of distinct `ecg_id`s for shards, whose rows are the records
     in). RuntimeError when an id is scored twice or the counts do not add up: parts of different runs."""
-    parts = [output_dir / SCORES_DIR / f"{u['unit']}.parquet" for u in units]
-    ids = [ecg_id for part in parts for ecg_id in pq.read_table(part, columns=["ecg_id"])["ecg_id"].to_pylist()]
+    parts = [part_of(output, SCORES_DIR, unit["unit"]) for unit in work.units]
+    ids = [
+        ecg_id
+        for part in parts
+        for ecg_id in pq.read_table(part.path, filesystem=part.filesystem, columns=["ecg_id"])["ecg_id"].to_pylist()
+    ]
     if len(set(ids)) != len(ids):
         twice = next(ecg_id for ecg_id, count in Counter(ids).items() if count > 1)
         raise RuntimeError(
-            f"{output_dir / SCORES_DIR}: {len(ids) - len(set(ids))} ecg_id(s) are scored more than once (first: "
+            f"{output.child(SCORES_DIR)}: {len(ids) - len(set(ids))} ecg_id(s) are scored more than once (first: "
             f"{twice}); the parts come from different runs. Rerun with --overwrite"
         )
     scored = len({record_id_of(ecg_id) for ecg_id in ids}) if by_record else len(ids)
-    rejected_files = [output_dir / REJECTED_DIR / f"{u['unit']}.parquet" for u in units]
-    rejected = sum(pq.ParquetFile(p).metadata.num_rows for p in rejected_files if p.is_file())
-    rejected += 0 if listing_rejected is None else listing_rejected.num_rows
-    if scored + rejected != records_in:
+    with_rejections = part_names(output, REJECTED_DIR)
+    rejected_parts = [part_of(output, REJECTED_DIR, u["unit"]) for u in work.units if u["unit"] in with_rejections]
+    rejected = sum(pq.read_metadata(p.path, filesystem=p.filesystem).num_rows for p in rejected_parts)
+    rejected += 0 if work.rejected is None else work.rejected.num_rows
+    if scored + rejected != work.records_in:
         raise RuntimeError(
-            f"{output_dir}: {scored} scored + {rejected} rejected != {records_in} records in; the parts do not "
+            f"{output}: {scored} scored + {rejected} rejected != {work.records_in} records in; the parts do not "
             "match the input. Rerun with --overwrite"
         )
-    return {"records_in": records_in, "scored": scored, "rejected": rejected, "rows": len(ids), "units": len(units)}
+    return {
+        "records_in": work.records_in,
+        "scored": scored,
+        "rejected": rejected,
+        "rows": len(ids),
+        "units": len(work.units),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="an export folder")
-    parser.add_argument("--input", required=True, help="prepared shards, or an archive with --source")
-    parser.add_argument("--output", required=True, help="output folder (rerun with it to continue)")
+    parser.add_argument("--model", required=True, help="an export folder, or its URI (s3://…)")
+    parser.add_argument(
+        "--input", required=True, help="prepared shards (a folder or URI), or an archive folder (mounted) with --source"
+    )
+    parser.add_argument("--output", required=True, help="output folder or URI (rerun with it to continue)")
     parser.add_argument("--source", default="shards", choices=SOURCES, help="input layout (default: shards)")
     parser.add_argument("--task", help="label set when --labels is not given (default: the export's validation task)")
     parser.add_argument("--labels", help="JSON list of class codes or prompts to score")
@@ -195,11 +233,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output this command made before (one made differently is refused without it)")
     args = parser.parse_args(argv)
-    for flag, path in (("--model", args.model), ("--input", args.input)):
-        if not Path(path).exists():
-            parser.error(f"{flag} {path} does not exist")
-    if not Path(args.input).is_dir():
-        parser.error(f"--input {args.input} is not a directory")
+    if args.source != "shards" and (problem := archive_uri_problem(args.input)):
+        parser.error(problem)
+    try:
+        for flag, path in (("--model", args.model), ("--input", args.input)):
+            if not Location.of(path).exists():
+                parser.error(f"{flag} {path} does not exist")
+        if not Location.of(args.input).is_dir():
+            parser.error(f"--input {args.input} is not a directory")
+    except (OSError, ValueError) as error:  # a URI pyarrow cannot resolve, a store that cannot be reached
+        parser.error(f"--model / --input: {error}")
     for name in ("batch_size", "part_size", "actors"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

@@ -1,6 +1,7 @@
 """Serve: zero-shot scoring over HTTP with Ray Serve (FastAPI ingress, requests batched with `@serve.batch`).
 
     python -m pipelines.serve --model runs/sweep/best [--port 8000] [--replicas 2] [--cpus-per-replica 4] [--task ptbxl-super]
+    python -m pipelines.serve --model s3://bucket/runs/x/export     # each replica loads a cached copy on its node
     serve run cluster/serve.yaml
 
 Routes: `POST /v1/score` (per-label scores and the top labels per ECG), `POST /v1/embed`, `GET /healthz`
@@ -18,7 +19,6 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -49,6 +49,7 @@ from pipelines.serving.requests import (
     validation_problem,
 )
 from pipelines.serving.scorer import Scorer
+from pipelines.storage import Location
 
 MAX_BATCH_SIZE = 32
 
@@ -122,8 +123,8 @@ class ScoringService:
     ) -> None:
         self.scorer = Scorer(model_dir, task)
         self.identity = {
-            "name": Path(model_dir).name,
-            "fingerprint": export_fingerprint(model_dir),
+            "name": Location.of(model_dir).name,
+            "fingerprint": export_fingerprint(self.scorer.export_dir),
             "objective": self.scorer.model.config.objective.name,
             "task": self.scorer.trained_with.task,
         }
@@ -228,9 +229,9 @@ class ScoringService:
 
 
 def app_builder(args: dict) -> serve.Application:
-    """`serve run` entry (cluster/serve.yaml): args model, task (default: the export's), replicas,
-    cpus_per_replica (torch's threads in each replica; default 1), gpus_per_replica, body_timeout_s; the
-    token from the environment, required unless allow_no_token (`require_token`)."""
+    """`serve run` entry (cluster/serve.yaml): args model (an export folder or its URI), task (default: the
+    export's), replicas, cpus_per_replica (torch's threads in each replica; default 1), gpus_per_replica,
+    body_timeout_s; the token from the environment, required unless allow_no_token (`require_token`)."""
     token = args.get("token") or os.environ.get(TOKEN_ENV) or None
     require_token(token, None, bool(args.get("allow_no_token", False)))
     options = {"num_cpus": float(args.get("cpus_per_replica", 1)), "num_gpus": float(args.get("gpus_per_replica", 0))}
@@ -245,7 +246,9 @@ def app_builder(args: dict) -> serve.Application:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="an export folder (RUN_DIR/export or SWEEP_DIR/best)")
+    parser.add_argument(
+        "--model", required=True, help="an export folder (RUN_DIR/export or SWEEP_DIR/best), or its URI (s3://…)"
+    )
     parser.add_argument(
         "--task", help="the label set served by default, a task name or table (default: the export's validation task)"
     )
@@ -261,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help=f"serve beyond loopback without {TOKEN_ENV} (only on a network that trusted clients alone reach)",
     )
+    parser.add_argument(
+        "--proxy-location",
+        default="EveryNode",
+        choices=["EveryNode", "HeadOnly", "Disabled"],
+        help="where Serve runs HTTP proxies (HeadOnly: where several nodes share one host, as in tests)",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: a local one)")
     args = parser.parse_args(argv)
     try:
@@ -269,11 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     setup_logging()
     init_ray(args.address)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
     serve.run(
         app_builder(
             {
-                "model": os.path.abspath(args.model),
+                "model": Location.of(args.model).uri,  # an absolute path, or the URI as given
                 "task": args.task,
                 "replicas": args.replicas,
                 "cpus_per_replica": args.cpus_per_replica,

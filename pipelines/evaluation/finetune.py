@@ -20,6 +20,7 @@ from pipelines.evaluation.finetune_loop import FinetuneSpec, finetune_loop_per_w
 from pipelines.evaluation.predict import predict_split
 from pipelines.labels.metrics import auroc_per_class, macro_auroc
 from pipelines.labels.tasks import Task
+from pipelines.storage import Location, cached_copy
 from pipelines.training.checkpoints import consolidated_state_dict
 from pipelines.training.config import TrainConfig
 from pipelines.training.console import RelayedConsole
@@ -59,7 +60,7 @@ def finetune(export_dir: str, data: str, task: Task, output: str | Path, config:
     )
     with RelayedConsole(log) as console:
         spec = FinetuneSpec(
-            export_dir=str(Path(export_dir).resolve()),
+            export_dir=Location.of(export_dir).uri,  # each worker loads its node's copy (pipelines.storage)
             task=task,
             train=config.to_dict(),
             total_steps=total_steps,
@@ -76,7 +77,7 @@ def finetune(export_dir: str, data: str, task: Task, output: str | Path, config:
         )
         result = trainer.fit()
     checkpoint, best_metrics = best_checkpoint(result.best_checkpoints, "val_macro_auroc", "max")
-    classifier = ECGClassifier.from_pretrained_tower(export_dir, task.codes)
+    classifier = ECGClassifier.from_pretrained_tower(cached_copy(export_dir), task.codes)
     with checkpoint.as_directory() as directory:
         classifier.load_state_dict(consolidated_state_dict(directory))
     scores, labels = predict_split(classifier.eval().predict, data, "test")

@@ -20,6 +20,7 @@ import torch
 from models.classifier import ECGClassifier
 from pipelines.labels.metrics import auroc_per_class, macro_auroc
 from pipelines.labels.tasks import Task
+from pipelines.storage import cached_copy
 from pipelines.training.checkpoints import TrainingState, report_with_checkpoint, restore_latest
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import label_lists
@@ -85,7 +86,7 @@ def finetune_loop_per_worker(loop_config: dict) -> None:
     dtype = DTYPES[precision]
 
     torch.manual_seed(train.seed)  # the same head initialisation on every rank
-    model = ECGClassifier.from_pretrained_tower(spec.export_dir, spec.task.codes).to(device)
+    model = ECGClassifier.from_pretrained_tower(cached_copy(spec.export_dir), spec.task.codes).to(device)
     engine, _ = initialize_engine(model, train, spec.total_steps, precision)
     state = restore_latest(engine)
     torch.manual_seed(train.seed + 7919 * rank + 104729 * state.step)

@@ -28,6 +28,7 @@ from pipelines.evaluation.predict import predict_split
 from pipelines.labels.metrics import auroc_per_class, macro_auroc
 from pipelines.labels.tasks import Task, load_task
 from pipelines.labels.zero_shot import task_scores
+from pipelines.storage import cached_copy
 from pipelines.training.config import TrainConfig
 
 MODES = ("zero-shot", "linear-probe", "finetune")
@@ -45,14 +46,15 @@ def evaluate_export(
     baselines: bool = True,
     finetune_config: TrainConfig = FINETUNE_DEFAULTS,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Score the export on `task` (a Task, a task name or class table, or None: the task the export's
-    validation used; `prompts` replaces class prompts) over shards that must be prepared as the
-    export's training data was. (results, curves): `results` is what metrics.json holds; `curves` the test scores [n, C] per
+    """Score the export (a folder or its URI) on `task` (a Task, a task name or class table, or None: the
+    task the export's validation used; `prompts` replaces class prompts) over shards that must be prepared
+    as the export's training data was. (results, curves): `results` is what metrics.json holds; `curves` the test scores [n, C] per
     method (zero-shot, finetune, …) and `targets` [n, C] for the ROC plot, over `results["codes"]`."""
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
-    model = ECGTextModel.from_pretrained(model_dir).eval()
+    export = cached_copy(model_dir)  # an export named by a URI is loaded from this node's cached copy
+    model = ECGTextModel.from_pretrained(export).eval()
     trained_with = TrainedWith.of_model(model)
     trained_with.check_shards([data])
     task = load_task(task or trained_with.task) if not isinstance(task, Task) else task
@@ -77,7 +79,7 @@ def evaluate_export(
         "baselines": {},
     }
     curves: dict[str, np.ndarray] = {"targets": targets}
-    random_model = _random_like(model_dir) if baselines and {"zero-shot", "linear-probe"} & set(modes) else None
+    random_model = _random_like(export) if baselines and {"zero-shot", "linear-probe"} & set(modes) else None
     random_x = predict_split(random_model.encode_ecg, data, split)[0] if random_model is not None else None
 
     if "zero-shot" in modes:
@@ -144,7 +146,7 @@ def _absent(task: Task, targets: np.ndarray) -> dict[str, str]:
     return absent
 
 
-def _random_like(model_dir: str) -> ECGTextModel:
+def _random_like(model_dir: str | Path) -> ECGTextModel:
     torch.manual_seed(0)
     return ECGTextModel.from_pretrained(model_dir, load_weights=False).eval()
 

@@ -1,9 +1,11 @@
 """Batch scoring in Ray Data: work units (a slice of an archive's record list, or one shard file) scored
 by a callable class that loads the export once per actor and writes one output part per unit.
 
-A unit's part is written to a temporary name and renamed when complete, so a rerun into the same
-output (made the same way: `pipelines.score` checks its record) skips exactly the units whose part
-exists. Reading uses the prepare stage's `prepare_batch` (archives) or the shard columns as written
+A unit's part appears whole or not at all (a local file is written to a temporary name and renamed
+when complete; an object in a store is put in one piece, and exists only once its upload completes),
+so a rerun into the same output (made the same way: `pipelines.score` checks its record) skips exactly
+the units whose part exists. Shards, parts and the export may be local or URIs (`pipelines.storage`).
+Reading uses the prepare stage's `prepare_batch` (archives) or the shard columns as written
 (shards); scoring uses `Scorer`, as the Serve app does.
 """
 
@@ -21,25 +23,47 @@ import pyarrow.parquet as pq
 from pipelines.data.records import RecordOptions, prepare_batch
 from pipelines.data.schema import lead_masks_of, signals_of
 from pipelines.serving.scorer import Scorer
+from pipelines.storage import Location
 
 SCORES_DIR, REJECTED_DIR = "scores", "rejected"
 
 
-def unit_done(output: Path, unit: str) -> bool:
-    return (output / SCORES_DIR / f"{unit}.parquet").is_file()
+def part_names(output: Location, kind: str) -> set[str]:
+    """The units whose part of `kind` (SCORES_DIR or REJECTED_DIR) is in `output`, from one listing."""
+    return {Path(i.path).stem for i in output.child(kind).files(recursive=False) if i.path.endswith(".parquet")}
+
+
+def part_of(output: Location, kind: str, unit: str) -> Location:
+    return output.child(kind, f"{unit}.parquet")
+
+
+def write_part(table: pa.Table, where: Location) -> None:
+    """Write a parquet file whole or not at all: locally under a temporary name renamed when complete, in
+    an object store as one finished file."""
+    if not where.is_local:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        where.write_bytes(sink.getvalue())
+        return
+    path = Path(where.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)
 
 
 class ScoreUnits:
     """`map_batches` callable: each row of a batch is a unit {unit, shard_path or records (the unit's
     listed records as JSON)}; returns a summary row per unit (unit, rows scored, rows rejected). `labels`
-    are resolved by the driver, which records them with the output."""
+    are resolved by the driver, which records them with the output. `model_dir` and `output` may be URIs:
+    each actor loads the export from its own node's cached copy."""
 
     def __init__(
         self, model_dir: str, task: str, labels: list[str], output: str, batch_size: int, embeddings: bool
     ) -> None:
         self.scorer = Scorer(model_dir, task, threads=None)
         self.labels = labels
-        self.output = Path(output)
+        self.output = Location.of(output)
         self.batch_size = batch_size
         self.embeddings = embeddings
 
@@ -70,22 +94,15 @@ class ScoreUnits:
                 pa.array(stacked.reshape(-1).astype(np.float32)), dim
             )
         if rejected is not None and rejected.num_rows:
-            _write_atomic(
-                rejected.select(["ecg_id", "record_path", "reject_reason"]),
-                self.output / REJECTED_DIR / f"{unit}.parquet",
+            write_part(
+                rejected.select(["ecg_id", "record_path", "reject_reason"]), part_of(self.output, REJECTED_DIR, unit)
             )
-        _write_atomic(pa.table(columns), self.output / SCORES_DIR / f"{unit}.parquet")
+        write_part(pa.table(columns), part_of(self.output, SCORES_DIR, unit))
         return {"unit": unit, "scored": kept.num_rows, "rejected": 0 if rejected is None else rejected.num_rows}
 
     def _read(self, shard_path: str, records: str) -> pa.Table:
         if shard_path:
-            return pq.read_table(shard_path, columns=["ecg_id", "signal", "lead_mask"])
+            shard = Location.of(shard_path)
+            return pq.read_table(shard.path, filesystem=shard.filesystem, columns=["ecg_id", "signal", "lead_mask"])
         listing = pa.Table.from_pylist(json.loads(records))
         return prepare_batch(listing, self.scorer.preprocess_config, RecordOptions(min_report_words=0))
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)

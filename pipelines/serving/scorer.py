@@ -1,6 +1,7 @@
 """Zero-shot scoring of raw ECGs with an export: the one code path behind the Serve app and batch scoring.
 
     scorer = Scorer("runs/sweep/best")          # the export's preprocessing and label task; task= overrides
+    scorer = Scorer("s3://bucket/runs/x/export")    # an export in an object store: loaded from a local cached copy
     prepared = scorer.prepare(Recording("ecg-1", signal_mv, 500, ["I", "II", "V1"]))   # as its shards were
     embeddings = scorer.embed(np.stack([prepared.signal]), np.stack([prepared.lead_mask]))   # [n, D]
     scores = scorer.scores(embeddings, ["AFIB", "sinus rhythm with a long pr interval"])    # [n, C]
@@ -24,13 +25,16 @@ from pipelines.data.preprocess import PreparedSignal, PreprocessConfig, preproce
 from pipelines.data.trained_with import TrainedWith
 from pipelines.data.wfdb_io import Recording
 from pipelines.labels.tasks import Task, load_task
+from pipelines.storage import cached_copy
 
 CLASSIFIER_CACHE = 256
 """Label sets whose class weights are kept."""
 
 
 class Scorer:
-    """An export loaded once, with its preprocessing and a cache of zero-shot classifiers."""
+    """An export loaded once, with its preprocessing and a cache of zero-shot classifiers. An export given
+    as a URI is downloaded into this node's cache first (`pipelines.storage.cached_copy`); `export_dir` is
+    the local folder it was loaded from."""
 
     def __init__(
         self, model_dir: str | os.PathLike, task: str | Task | None = None, threads: int | None = None
@@ -40,7 +44,8 @@ class Scorer:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = ECGTextModel.from_pretrained(model_dir).eval().to(self.device)
+        self.export_dir = cached_copy(model_dir)
+        self.model = ECGTextModel.from_pretrained(self.export_dir).eval().to(self.device)
         self.trained_with = TrainedWith.of_model(self.model)
         self.preprocess_config: PreprocessConfig = self.trained_with.preprocessing
         self.task = task if isinstance(task, Task) else load_task(task or self.trained_with.task)

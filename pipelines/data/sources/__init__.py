@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 from pipelines.data.sources import mimic, ptbxl, wfdb_folder
 from pipelines.data.sources.listing import LISTING_COLUMNS, REJECTED_COLUMNS, Listing, SourceOptions
+from pipelines.storage import is_uri
 
-__all__ = ["LISTING_COLUMNS", "REJECTED_COLUMNS", "Listing", "SourceOptions", "list_source"]
+__all__ = ["LISTING_COLUMNS", "REJECTED_COLUMNS", "Listing", "SourceOptions", "archive_uri_problem", "list_source"]
 
 LISTERS: dict[str, Callable[[SourceOptions], Listing]] = {
     "ptbxl": ptbxl.list_records,
@@ -29,3 +30,15 @@ def list_source(name: str, options: SourceOptions) -> Listing:
     if not options.input.is_dir():
         raise ValueError(f"input {options.input} is not a directory")
     return LISTERS[name](options)
+
+
+def archive_uri_problem(archive: str) -> str | None:
+    """Why an archive named by a URI cannot be read (archives are listed and read file by file, from a
+    mounted filesystem), or None for a path."""
+    if not is_uri(archive):
+        return None
+    return (
+        f"--input {archive}: archives must be on a mounted filesystem (a local or network path), not in an object "
+        "store; to work from a bucket, prepare the archive into shards there (pipelines.prepare --output s3://…) "
+        "and use the shards"
+    )
