@@ -147,7 +147,8 @@ class ECGTower(nn.Module):
         signal = signal - signal.mean(dim=-1, keepdim=True)  # absent leads stay zero
         tokens = self.patch_norm(self.patch_projection(self.patchify(signal)))  # [B, N, W]
         absent = (~lead_mask).to(tokens.dtype) @ self.absent_lead_embedding  # [B, W]
-        return tokens + absent.unsqueeze(1) + self.position_embedding  # [B, N, W]
+        # the buffer in the tokens' dtype: DeepSpeed's bf16/fp16 casts parameters, not buffers
+        return tokens + absent.unsqueeze(1) + self.position_embedding.to(tokens.dtype)  # [B, N, W]
 
     @staticmethod
     def random_masking(tokens: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -70,7 +70,8 @@ class MaskedECGDecoder(nn.Module):
         batch, n_keep, width = tokens.shape
         fillers = self.mask_token.expand(batch, ids_restore.shape[1] - n_keep, width)  # [B, N - N_keep, Wd]
         tokens = torch.cat([tokens, fillers], dim=1)  # [B, N, Wd], kept first
-        tokens = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, width)) + self.position_embedding
+        position = self.position_embedding.to(tokens.dtype)  # DeepSpeed's bf16/fp16 casts parameters, not buffers
+        tokens = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, width)) + position
         for block in self.blocks:
             tokens = block(tokens)  # [B, N, Wd]
         return self.prediction(self.norm(tokens))  # [B, N, 12 * P]

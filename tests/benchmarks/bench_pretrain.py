@@ -33,21 +33,36 @@ from pipelines.training.launch import pretrain
 from pipelines.training.optimization import build_optimizer
 
 
-def bare_loop(config, batches: list[dict], steps: int, skip: int, threads: int, train: TrainConfig) -> float:
-    """Samples/s of forward + backward + clip + AdamW over in-memory batches, the steps after `skip`."""
+def bare_loop(
+    config,
+    batches: list[dict],
+    steps: int,
+    skip: int,
+    threads: int,
+    train: TrainConfig,
+    device: str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> float:
+    """Samples/s of forward + backward + clip + AdamW over in-memory batches on `device` (forward under
+    `torch.autocast` to `autocast`, if given), the steps after `skip`."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = ECGTextModel(config)
+    model = ECGTextModel(config).to(device)
     optimizer = build_optimizer(model, train)
+    batches = [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     started = None
     for step, batch in zip(range(steps), cycle(batches)):
         if step == skip:
+            synchronize()
             started = time.perf_counter()
-        loss = model(batch)["loss"]
+        with torch.autocast(torch.device(device).type, dtype=autocast, enabled=autocast is not None):
+            loss = model(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimizer.step()
+    synchronize()
     return (steps - skip) * len(batches[0]["signal"]) / (time.perf_counter() - started)
 
 
