@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
+
+from tests.benchmarks.peak_memory import run_measured
 
 SHARED_PTBXL = Path(__file__).resolve().parents[3] / "shared" / "data" / "ptbxl-500"
 
@@ -120,36 +119,10 @@ def peak_memory_of_prepare(archive: Path) -> float:
         "--output",
         str(output / "shards"),
     ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0.0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        root = psutil.Process(process.pid)
-        while not done.is_set():
-            total = 0
-            try:
-                tree = [root] + root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                break
-            for proc in tree:
-                try:
-                    total += proc.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            peak = max(peak, total / 2**20)
-            time.sleep(0.25)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    code = process.wait(timeout=1800)
-    done.set()
-    sampler.join()
-    shutil.rmtree(output)
-    if code != 0:
-        raise RuntimeError(f"prepare exited {code}: {' '.join(command)}")
-    return peak
+    try:
+        return run_measured(command, env, timeout_s=1800).peak_mib
+    finally:
+        shutil.rmtree(output)
 
 
 def main() -> None:
