@@ -64,7 +64,7 @@ def split_dataset(
     memory = estimated_memory(found, columns)
     budget = cache_fraction * ray.cluster_resources().get("object_store_memory", 0)
     cached = memory <= budget
-    log.info(
+    log.debug(  # the log file's: the console starts with the run's plan
         "%s split: %d files, ~%.0f MB in memory (budget %.0f MB): %s",
         split, len(found.files), memory / 2**20, budget / 2**20, "read once" if cached else "streamed each epoch",
     )
