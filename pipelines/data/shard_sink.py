@@ -10,14 +10,12 @@ nothing held in memory but a shard's worth of rows per task.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data._internal.execution.interfaces import TaskContext
@@ -28,6 +26,7 @@ from pipelines.data.records import record_id_of
 from pipelines.data.schema import shard_schema
 from pipelines.data.shard_files import SPLIT_NAME, shard_name
 from pipelines.data.sources import REJECTED_COLUMNS
+from pipelines.storage import Location
 
 REJECTED_SCHEMA = pa.schema([(name, pa.string()) for name in REJECTED_COLUMNS])
 _SMALL_COLUMNS = [name for name in shard_schema(1, 1).names if name != "signal"]
@@ -76,13 +75,13 @@ class ShardSink(Datasink[dict]):
             return _write_return(self.schema.empty_table(), REJECTED_SCHEMA.empty_table(), shards=[])
         kept, rejected = _split_rejected(pa.concat_tables(tables))
         kept = kept.select(self.schema.names).cast(self.schema)
-        filesystem, root = pafs.FileSystem.from_uri(self.output)
+        root = Location.of(self.output)
         shards = []
         for split, rows in _by_split(kept):
             for k, start in enumerate(range(0, rows.num_rows, self.rows_per_shard)):
                 name = shard_name(split, ctx.task_idx, k)
                 chunk = rows.slice(start, self.rows_per_shard)
-                pq.write_table(chunk, f"{root}/{name}", filesystem=filesystem, **SHARD_WRITE_OPTIONS)
+                pq.write_table(chunk, root.child(name).path, filesystem=root.filesystem, **SHARD_WRITE_OPTIONS)
                 shards.append({"file": name, "split": split, "rows": chunk.num_rows})
         rejected = pa.table(
             [rejected["ecg_id"], rejected["source"], rejected["record_path"], rejected["reject_reason"]],
@@ -92,12 +91,12 @@ class ShardSink(Datasink[dict]):
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
         returns = write_result.write_returns
-        filesystem, root = pafs.FileSystem.from_uri(self.output)
+        root = Location.of(self.output)
         rejected = pa.concat_tables(
             [pa.Table.from_pylist(self.listing_rejected, schema=REJECTED_SCHEMA)]
             + [r["rejected"] for r in returns]
         ).sort_by("ecg_id")
-        pq.write_table(rejected, f"{root}/rejected.parquet", filesystem=filesystem)
+        pq.write_table(rejected, root.child("rejected.parquet").path, filesystem=root.filesystem)
         rows = sum((Counter(r["rows_by_split_source"]) for r in returns), Counter())
         shards = sorted((s for r in returns for s in r["shards"]), key=lambda s: s["file"])
         records_kept = sum(r["records_kept"] for r in returns)
@@ -118,8 +117,7 @@ class ShardSink(Datasink[dict]):
             "elapsed_seconds": round(elapsed, 2),
             "records_per_second": round(self.records_in / elapsed, 1) if elapsed > 0 else None,
         }
-        with filesystem.open_output_stream(f"{root}/manifest.json") as stream:
-            stream.write(json.dumps(self.manifest, indent=2).encode())
+        root.child("manifest.json").write_json(self.manifest)
 
 
 def _write_return(kept: pa.Table, rejected: pa.Table, shards: list[dict]) -> dict:

@@ -11,16 +11,14 @@ shard folder (refusing folders that disagree), and the export's `config.json` ca
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-import pyarrow.fs as pafs
-
 from models.model import read_saved_config
 from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig
+from pipelines.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +109,9 @@ class TrainedWith:
 
 def read_manifest(folder: str) -> dict:
     """`manifest.json` of a prepared dataset (a local folder or a pyarrow URI such as s3://…)."""
-    location = f"{str(folder).rstrip('/')}/{MANIFEST_FILE}"
+    location = Location.of(folder).child(MANIFEST_FILE)
     try:
-        filesystem, path = pafs.FileSystem.from_uri(location) if "://" in location else (pafs.LocalFileSystem(), location)
-        with filesystem.open_input_stream(path) as stream:
-            manifest = json.loads(stream.read())
+        manifest = location.read_json()
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{folder} has no readable {MANIFEST_FILE} ({error}): is it a folder that pipelines.prepare wrote?"
