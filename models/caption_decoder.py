@@ -24,6 +24,24 @@ class CaptionDecoder(nn.Module):
         nn.init.normal_(self.positions, std=0.02)
         self.decoder = TextOverECG(text_width, ecg_width, layers)
 
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        ecg_tokens: torch.Tensor,
+        word_embeddings: nn.Embedding,
+        keep_last: int = 0,
+    ) -> torch.Tensor:
+        """Next-token logits: what training scores and drafting searches over.
+
+        input_ids, attention_mask: [B, L] (the report so far, [CLS] first; L <= max_length);
+        ecg_tokens: [B, N, W]. Returns [B, L, V]: row i is the distribution of token i + 1; only the last
+        `keep_last` rows when it is > 0 (a search needs the last, and the [.., V] product dominates).
+        """
+        x = word_embeddings(input_ids) + self.positions[: input_ids.shape[1]]  # [B, L, H]
+        hidden = self.decoder(x, attention_mask == 0, ecg_tokens, causal=True)  # [B, L, H]
+        return hidden[:, -keep_last:] @ word_embeddings.weight.T  # [B, L or keep_last, V]
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -36,9 +54,6 @@ class CaptionDecoder(nn.Module):
         input_ids, attention_mask: [B, L] (the tokenized report); ecg_tokens: [B, N, W].
         Returns the scalar mean loss.
         """
-        inputs, targets = input_ids[:, :-1], input_ids[:, 1:]  # [B, L-1] each
-        x = word_embeddings(inputs) + self.positions[: inputs.shape[1]]  # [B, L-1, H]
-        hidden = self.decoder(x, attention_mask[:, :-1] == 0, ecg_tokens, causal=True)  # [B, L-1, H]
-        logits = hidden @ word_embeddings.weight.T  # [B, L-1, V]
-        targets = targets.masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)
+        logits = self.logits(input_ids[:, :-1], attention_mask[:, :-1], ecg_tokens, word_embeddings)  # [B, L-1, V]
+        targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)  # [B, L-1]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)

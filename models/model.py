@@ -2,6 +2,7 @@
 
     model = ECGTextModel(load_config("tiny"))
     losses = model(model.collate(signals, lead_masks, reports))   # {"rhythm_loss": …, "loss": …}
+    drafts = model.eval().generate_reports(signals, lead_masks)   # MELP: one DraftedReport per ECG
     model.save_pretrained("runs/x/export")                        # config.json, model.safetensors, tokenizer/
     same = ECGTextModel.from_pretrained("runs/x/export")          # no DeepSpeed, no hub, no pickle
 """
@@ -27,6 +28,7 @@ from models.config import ModelConfig, objective_config_class
 from models.ecg_tower import ECGTower
 from models.masked_language_modeling import MaskedLMHead
 from models.objectives import build_objective
+from models.report_generation import DraftedReport, DraftOptions, generate_reports
 from models.text_tower import TextTower
 
 FORMAT_VERSION = 2
@@ -66,6 +68,18 @@ class ECGTextModel(nn.Module):
         tokens = self.text.tokenize(list(reports))
         device = next(self.parameters()).device
         return self.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+
+    @property
+    def drafts_reports(self) -> bool:
+        """Whether the objective trains a caption decoder (MELP), so `generate_reports` can draft."""
+        return isinstance(getattr(self.objective, "caption", None), CaptionDecoder)
+
+    def generate_reports(
+        self, signal: torch.Tensor, lead_mask: torch.Tensor | None = None, options: DraftOptions = DraftOptions()
+    ) -> list[DraftedReport]:
+        """Draft a report per ECG (signal [B, 12, T], lead_mask [B, 12] bool or None) with the caption
+        decoder: models.report_generation. NoCaptionDecoder (a ValueError) when the objective has none."""
+        return generate_reports(self, signal, lead_mask, options)
 
     def collate(self, signal, lead_mask, reports: Sequence[str]) -> dict[str, torch.Tensor]:
         """One training batch from shard columns: signal [B, 12, T], lead_mask [B, 12], reports."""

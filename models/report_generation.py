@@ -1,0 +1,219 @@
+"""Report drafting: MELP's caption decoder, searched by transformers' generation utilities.
+
+    drafts = model.generate_reports(signal, lead_mask, DraftOptions(num_beams=4))   # one DraftedReport per ECG
+
+The decoder was trained teacher-forced on the tokenized report ([CLS] in, [SEP] last), so a draft starts
+from [CLS] and ends at [SEP] or the length limit. Greedy, beam search, sampling, the repetition guards and
+the padding of finished rows are `GenerationMixin.generate`'s own; `CaptionDrafter` only adapts the decoder
+to it: a causal LM over token ids whose forward reads the ECG tokens as a model kwarg (expanded per beam by
+`generate`) and recomputes the whole prefix each step (no KV cache: drafts are at most the text tower's
+max_length tokens and the decoder is 1-2 layers deep).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from models.caption_decoder import CaptionDecoder
+
+if TYPE_CHECKING:
+    from models.model import ECGTextModel
+
+_SPACED_HYPHEN = re.compile(r"(?<=\w) - (?=\w)")
+
+
+@dataclass(frozen=True)
+class DraftOptions:
+    """How to search for a draft. Greedy by default; `num_beams` > 1 is beam search, `do_sample` samples."""
+
+    max_tokens: int = 0
+    """Most tokens drafted, [SEP] included; 0: the text tower's max_length - 1 (the longest trained report)."""
+    num_beams: int = 1
+    no_repeat_ngram_size: int = 3
+    """No n-gram of this many tokens appears twice in a draft; 0 turns the guard off."""
+    repetition_penalty: float = 1.0
+    """CTRL's penalty on tokens already drafted; 1.0 is none."""
+    do_sample: bool = False
+    temperature: float = 1.0
+    """Of sampling (the full distribution, no top-k or top-p cut); ignored unless do_sample."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        limits = {  # field: (type, lowest allowed, whether the lowest is excluded)
+            "max_tokens": (int, 0, False),
+            "num_beams": (int, 1, False),
+            "no_repeat_ngram_size": (int, 0, False),
+            "repetition_penalty": (float, 0.0, True),
+            "temperature": (float, 0.0, True),
+            "seed": (int, 0, False),
+        }
+        for name, (kind, lowest, excluded) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
+                raise ValueError(
+                    f"DraftOptions.{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+                )
+            if value < lowest or (excluded and value == lowest) or not math.isfinite(value):
+                raise ValueError(f"DraftOptions.{name} must be {'>' if excluded else '>='} {lowest}, got {value!r}")
+        if not isinstance(self.do_sample, bool):
+            raise ValueError(f"DraftOptions.do_sample must be True or False, got {self.do_sample!r}")
+
+
+@dataclass(frozen=True)
+class DraftedReport:
+    text: str
+    logprob: float
+    """Sum of log p of the drafted tokens, [SEP] included, under the decoder's own distribution (no penalties)."""
+    tokens: int
+    """How many tokens that sum is over."""
+
+
+class NoCaptionDecoder(ValueError):
+    """The model's objective trains no caption decoder (C-MELT, METS, MELP stage 1), so it cannot draft."""
+
+
+class CaptionDrafterConfig(PretrainedConfig):
+    model_type = "ecg_fm_caption_drafter"
+
+    def __init__(self, vocab_size: int = 0, **kwargs) -> None:
+        self.vocab_size = vocab_size
+        super().__init__(is_encoder_decoder=False, **kwargs)
+
+
+class CaptionDrafter(PreTrainedModel, GenerationMixin):
+    """The caption decoder as a causal LM that `generate` can drive. Holds the model's own modules (no copy)."""
+
+    config_class = CaptionDrafterConfig
+
+    def __init__(self, config: CaptionDrafterConfig, caption: CaptionDecoder, word_embeddings: nn.Embedding) -> None:
+        super().__init__(config)
+        self.caption = caption
+        self.word_embeddings = word_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        ecg_tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        **_generation_flags,
+    ) -> CausalLMOutput:
+        """input_ids [b, L] (the draft so far), ecg_tokens [b, N, W], attention_mask [b, L] or None (all
+        tokens) → logits [b, L, V], or of the last `logits_to_keep` positions (`generate` asks for 1). It
+        also passes flags such as use_cache; none apply here."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        logits = self.caption.logits(input_ids, attention_mask, ecg_tokens, self.word_embeddings, logits_to_keep)
+        return CausalLMOutput(logits=logits)
+
+
+def caption_decoder_of(model: ECGTextModel) -> CaptionDecoder:
+    """The model's caption decoder; NoCaptionDecoder naming the objective when it has none."""
+    if not model.drafts_reports:
+        raise NoCaptionDecoder(
+            f"objective {model.config.objective.name!r} trains no caption decoder, so this model cannot draft "
+            "reports; drafting needs a MELP export (objective 'melp')"
+        )
+    return model.objective.caption
+
+
+@torch.no_grad()
+def generate_reports(
+    model: ECGTextModel, signal: torch.Tensor, lead_mask: torch.Tensor | None, options: DraftOptions
+) -> list[DraftedReport]:
+    """signal [B, 12, T] float, lead_mask [B, 12] bool (None: all leads) → B drafts in batch order.
+
+    Runs as the model is (call `.eval()` first, as the pipelines' loaders do); deterministic for
+    `options.seed` (the search runs under its own forked RNG)."""
+    caption = caption_decoder_of(model)
+    tokenizer = model.text.tokenizer
+    max_tokens = _max_tokens(options, model.config.text.max_length)
+    device = next(model.parameters()).device
+    signal = torch.as_tensor(signal, device=device)
+    if signal.shape[0] == 0:
+        return []
+    if lead_mask is None:
+        lead_mask = torch.ones(signal.shape[0], signal.shape[1], dtype=torch.bool, device=device)
+    ecg_tokens = model.ecg(signal, torch.as_tensor(lead_mask, device=device)).tokens  # [B, N, W]
+    drafter = CaptionDrafter(CaptionDrafterConfig(model.text.vocab_size), caption, model.text.word_embeddings)
+    prompt = torch.full((signal.shape[0], 1), tokenizer.cls_token_id, dtype=torch.long, device=device)  # [B, 1]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(options.seed)
+        sequences = drafter.generate(
+            prompt, generation_config=_generation_config(options, max_tokens, tokenizer), ecg_tokens=ecg_tokens
+        )  # [B, 1 + n]
+    drafted = sequences[:, 1:]  # [B, n]
+    counted = _through_first(drafted, tokenizer.sep_token_id)  # [B, n] bool
+    logprobs = _token_logprobs(drafter, sequences, ecg_tokens).masked_fill(~counted, 0.0).sum(dim=1)  # [B]
+    texts = tokenizer.batch_decode(
+        drafted.masked_fill(~counted, tokenizer.pad_token_id),
+        skip_special_tokens=True,
+        clean_up_tokenization_spaces=True,
+    )
+    return [
+        DraftedReport(text=_joined_hyphens(text.strip()), logprob=float(logprob), tokens=int(n))
+        for text, logprob, n in zip(texts, logprobs.tolist(), counted.sum(dim=1).tolist(), strict=True)
+    ]
+
+
+def suppressed_token_ids(tokenizer) -> list[int]:
+    """Tokens a draft never holds: [PAD], [CLS] and [MASK] are never the decoder's training targets."""
+    return sorted({tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.mask_token_id} - {None})
+
+
+def _joined_hyphens(text: str) -> str:
+    """WordPiece decoding spaces out a hyphen between words ("non - specific"); reports write "non-specific"."""
+    return _SPACED_HYPHEN.sub("-", text)
+
+
+def _max_tokens(options: DraftOptions, max_length: int) -> int:
+    """options.max_tokens, or its default; ValueError when the decoder's positions cannot reach it."""
+    limit = max_length - 1
+    if options.max_tokens > limit:
+        raise ValueError(
+            f"DraftOptions.max_tokens {options.max_tokens} exceeds what the caption decoder was trained for: "
+            f"{limit} (the text tower's max_length {max_length} - 1)"
+        )
+    return options.max_tokens or limit
+
+
+def _generation_config(options: DraftOptions, max_tokens: int, tokenizer) -> GenerationConfig:
+    """The whole search, spelled out (no library default left to chance): sampling is over the full
+    distribution (top_k 0, top_p 1); beams rank by log-probability per token (length_penalty 1)."""
+    sampling = {"temperature": options.temperature, "top_k": 0, "top_p": 1.0} if options.do_sample else {}
+    return GenerationConfig(
+        max_new_tokens=max_tokens,
+        num_beams=options.num_beams,
+        do_sample=options.do_sample,
+        **sampling,
+        no_repeat_ngram_size=options.no_repeat_ngram_size,
+        repetition_penalty=options.repetition_penalty,
+        length_penalty=1.0,
+        early_stopping=False,
+        suppress_tokens=suppressed_token_ids(tokenizer),
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=False,
+    )
+
+
+def _through_first(tokens: torch.Tensor, eos: int) -> torch.Tensor:
+    """[B, n] ids → bool [B, n]: True up to and including each row's first `eos` (all of a row without one)."""
+    is_eos = (tokens == eos).long()
+    return (is_eos.cumsum(dim=1) - is_eos) == 0
+
+
+def _token_logprobs(drafter: CaptionDrafter, sequences: torch.Tensor, ecg_tokens: torch.Tensor) -> torch.Tensor:
+    """sequences [B, 1 + n] ([CLS] + draft) → log p of each drafted token [B, n], teacher-forced, one forward."""
+    inputs = sequences[:, :-1]  # [B, n]
+    logits = drafter(inputs, ecg_tokens).logits  # [B, n, V]
+    return logits.log_softmax(dim=-1).gather(2, sequences[:, 1:, None]).squeeze(2)  # [B, n]
