@@ -9,7 +9,10 @@ Tasks: ptbxl-super, ptbxl-sub, ptbxl-form, ptbxl-rhythm, cinc, synthetic, or a c
 CSV) by path; `--prompts FILE` replaces the prompts of any classes it names. Modes: zero-shot (the
 default), linear-probe (logistic regression on frozen embeddings, 1 / 10 / 100 % of the train split),
 finetune (the ECG tower + a linear head on Ray Train and DeepSpeed; `train.field=value` overrides its
-TrainConfig). Writes OUTPUT/metrics.json (`macro_auroc` and `per_class_auroc` of the headline mode,
+TrainConfig), report (draft each ECG's report with a MELP export's caption decoder, `--num-beams` /
+`--max-tokens`: BLEU-4, ROUGE-L and clinical-efficacy F1 beside the nearest-training-report and
+most-frequent-report baselines), retrieval (Recall@1/5/10 ECG→report and report→ECG, beside random
+weights). Writes OUTPUT/metrics.json (`macro_auroc` and `per_class_auroc` of the headline mode,
 every mode and baseline beside them), OUTPUT/report.md and its PNG plots.
 
 `--model`, `--data` and `--output` may be URIs (s3://…; credentials from the standard variables). The
@@ -28,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from models.report_generation import DraftOptions
 from pipelines.evaluation.finetune import FINETUNE_DEFAULTS
 from pipelines.evaluation.report import write_report
 from pipelines.evaluation.suite import MODES, evaluate_export
@@ -53,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", help="the split scored (default test)")
     parser.add_argument("--prompts", help="JSON {code: [prompt, ...]} replacing those classes' prompts")
     parser.add_argument("--no-baselines", action="store_true", help="skip the random-weights and report-text runs")
+    parser.add_argument("--num-beams", type=int, default=1, help="report mode: beam width (1: greedy)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=0, help="report mode: most tokens per draft (0: the longest trained report)"
+    )
     parser.add_argument("--workers", type=int, help="Ray Train workers for finetune")
     parser.add_argument("--address", help="Ray cluster address for finetune (default: local)")
     parser.add_argument("overrides", nargs="*", metavar="train.field=value", help="fine-tuning config overrides")
@@ -68,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finetune_config = FINETUNE_DEFAULTS.with_overrides(
             {**parse_overrides(args.overrides, sections=("train",)).train, **_flags(args)}
         )
+        draft_options = DraftOptions(max_tokens=args.max_tokens, num_beams=args.num_beams)
     except ValueError as error:
         parser.error(str(error))
     output = Location.of(args.output)
@@ -86,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 split=args.split,
                 baselines=not args.no_baselines,
                 finetune_config=finetune_config,
+                draft_options=draft_options,
             )
         except ValueError as error:  # the export, the shards or the task do not fit together
             parser.error(str(error))
@@ -113,8 +123,27 @@ def _flags(args: argparse.Namespace) -> dict:
 
 
 def _print_headline(results: dict) -> None:
-    names = results["class_names"]
     print(f"{results['task']} on the {results['split']} split ({results['rows']:,} ECGs), {results['headline']}:")
+    if "macro_auroc" in results:
+        _print_aurocs(results)
+    if "report" in results:
+        report = results["report"]
+        for name, figures in {"drafts": report, **report["baselines"]}.items():
+            print(
+                f"  report {name}: CE macro F1 {figures['ce_macro_f1']:.3f}, micro F1 {figures['ce_micro_f1']:.3f}, "
+                f"BLEU-4 {figures['bleu4']:.3f}, ROUGE-L {figures['rougeL']:.3f}"
+            )
+    if "retrieval" in results:
+        retrieval = results["retrieval"]
+        print(f"  retrieval over {retrieval['rows']:,} ECGs, {retrieval['distinct_reports']:,} distinct reports:")
+        methods = {"model": retrieval, **retrieval.get("baselines", {}), "chance": retrieval["chance"]}
+        for name, figures in methods.items():
+            ecg, text = ("/".join(f"{v:.3f}" for v in figures[d].values()) for d in ("ecg_to_report", "report_to_ecg"))
+            print(f"    {name}: R@1/5/10 ECG→report {ecg}, report→ECG {text}")
+
+
+def _print_aurocs(results: dict) -> None:
+    names = results["class_names"]
     for code, value in results["per_class_auroc"].items():
         print(f"  {code:<10} {names[code]:<55} {value:.3f}")
     print(f"  macro AUROC {results['macro_auroc']:.3f}")

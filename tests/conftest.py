@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.object_store import session_env
 
@@ -62,6 +63,24 @@ def minilm():
     from models.text_tower import TextTower
 
     return TextTower(TextTowerConfig()).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """`tiny_export(objective)` → the folder of a freshly initialised tiny export (seed 0) of that objective,
+    made once per session: what tests that load, serve or score an untrained model share."""
+    from models.factory import create_model
+
+    made: dict[str, Path] = {}
+
+    def export(objective: str = "melp") -> Path:
+        if objective not in made:
+            torch.manual_seed(0)
+            made[objective] = tmp_path_factory.mktemp(f"tiny-{objective}-export")
+            create_model("tiny", objective=objective)[0].save_pretrained(made[objective])
+        return made[objective]
+
+    return export
 
 
 @pytest.fixture(scope="session")

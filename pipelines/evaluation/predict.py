@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow
@@ -26,21 +26,30 @@ def predict_split(
 ) -> tuple[np.ndarray, list[list[str]]]:
     """`predict(signal [B, 12, T] float32, lead_mask [B, 12] bool) → [B, K]` over the rows of `split`:
     the outputs [n, K] and each row's label codes, in shard order."""
-    dataset = pyarrow.dataset.dataset(data, format="parquet", exclude_invalid_files=True)
-    scanner = dataset.scanner(
-        columns=["signal", "lead_mask", "labels"],
-        filter=pyarrow.dataset.field("split") == split,
-        batch_size=batch_size,
-    )
     outputs, labels = [], []
-    for batch in scanner.to_batches():
-        if batch.num_rows == 0:
-            continue
-        table = pyarrow.Table.from_batches([batch])
-        signal = torch.from_numpy(signals_of(table).astype(np.float32))
-        lead_mask = torch.from_numpy(lead_masks_of(table))
-        outputs.append(predict(signal, lead_mask).float().numpy())
+    for table in split_tables(data, split, ["signal", "lead_mask", "labels"], batch_size):
+        outputs.append(predict(*model_inputs(table)).float().numpy())
         labels.extend(table["labels"].to_pylist())
     if not outputs:
         raise ValueError(f"{data} has no rows in the {split!r} split")
     return np.concatenate(outputs), labels
+
+
+def split_tables(data: str, split: str, columns: list[str], batch_size: int = BATCH_SIZE) -> Iterator[pyarrow.Table]:
+    """The `columns` of `split`'s rows, in non-empty tables of at most `batch_size` rows, in shard order."""
+    dataset = pyarrow.dataset.dataset(data, format="parquet", exclude_invalid_files=True)
+    scanner = dataset.scanner(columns=columns, filter=pyarrow.dataset.field("split") == split, batch_size=batch_size)
+    for batch in scanner.to_batches():
+        if batch.num_rows:
+            yield pyarrow.Table.from_batches([batch])
+
+
+def split_reports(data: str, split: str) -> list[str]:
+    """The report column of a split ("" where a row has none), in the order `predict_split` reads rows."""
+    tables = split_tables(data, split, ["report"], batch_size=2**16)
+    return [report or "" for table in tables for report in table["report"].to_pylist()]
+
+
+def model_inputs(table: pyarrow.Table) -> tuple[torch.Tensor, torch.Tensor]:
+    """A table's signal [B, 12, T] float32 and lead_mask [B, 12] bool, as the model takes them."""
+    return torch.from_numpy(signals_of(table).astype(np.float32)), torch.from_numpy(lead_masks_of(table))

@@ -5,7 +5,8 @@
 `results` (what metrics.json holds): task, split, rows, codes, class_names, absent_classes,
 published, baselines {name: {zero_shot | linear_probe: …}}, and per mode run `zero_shot`
 {macro_auroc, per_class_auroc}, `linear_probe` {"1%" | "10%" | "100%": {train_rows, macro_auroc_mean,
-macro_auroc_std, per_class_auroc, …}}, `finetune` {macro_auroc, per_class_auroc, epochs, …}.
+macro_auroc_std, per_class_auroc, …}}, `finetune` {macro_auroc, per_class_auroc, epochs, …}, `report`
+(drafting, see `report_drafts.py`) and `retrieval` (see `retrieval.py`), each with its own section.
 `curves`: `targets` [n, C] and the test scores [n, C] of the zero-shot and fine-tuned models.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.evaluation.plots import per_class_bars, roc_plot
+from pipelines.evaluation.report_drafts import report_lines
+from pipelines.evaluation.retrieval import retrieval_lines
 
 ROC_FILE, BARS_FILE, REPORT_FILE = "roc.png", "per_class_auroc.png", "report.md"
 
@@ -21,6 +24,20 @@ ROC_FILE, BARS_FILE, REPORT_FILE = "roc.png", "per_class_auroc.png", "report.md"
 def write_report(results: dict, curves: dict, output: str | Path) -> Path:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {results['task']}: evaluation on the {results['split']} split ({results['rows']:,} ECGs)"]
+    if {"zero_shot", "linear_probe", "finetune"} & set(results):
+        lines += _auroc_sections(results, curves, output)
+    if "report" in results:
+        lines += report_lines(results["report"])
+    if "retrieval" in results:
+        lines += retrieval_lines(results["retrieval"])
+    path = output / REPORT_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _auroc_sections(results: dict, curves: dict, output: Path) -> list[str]:
+    """AUROC tables and plots of the zero-shot, linear-probe and fine-tuning modes (the plots into `output`)."""
     codes, names = results["codes"], results["class_names"]
     series = _per_class_series(results)
     per_class_bars(series, codes, names, output / BARS_FILE)
@@ -29,7 +46,6 @@ def write_report(results: dict, curves: dict, output: str | Path) -> Path:
         roc_plot(curves[roc_method], curves["targets"], codes, names, output / ROC_FILE)
 
     lines = [
-        f"# {results['task']}: evaluation on the {results['split']} split ({results['rows']:,} ECGs)",
         "",
         "## Macro AUROC",
         "",
@@ -54,10 +70,7 @@ def write_report(results: dict, curves: dict, output: str | Path) -> Path:
     if results["absent_classes"]:
         lines += ["", "## Classes without an AUROC on this split", "", "| code | reason |", "| --- | --- |"]
         lines += [f"| {code} | {reason} |" for code, reason in results["absent_classes"].items()]
-    lines += _published_section(results)
-    path = output / REPORT_FILE
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines + _published_section(results)
 
 
 def _headline_rows(results: dict) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
-"""What `pipelines.evaluate` runs: zero-shot, linear probe and fine-tuning of one export on one task,
-with the baselines that give the numbers meaning.
+"""What `pipelines.evaluate` runs: zero-shot, linear probe and fine-tuning of one export on one task, report
+drafting (`report_drafts.py`) and ECG↔report retrieval (`retrieval.py`), with the baselines that give the
+numbers meaning.
 
     results, curves = evaluate_export("runs/tiny/export", "data/ptbxl", load_task("ptbxl-super"),
                                       ["zero-shot", "linear-probe"], "runs/tiny/eval")
@@ -8,7 +9,7 @@ Baselines: `random-weights` is the same architecture freshly initialised (zero-s
 so a figure can be read against what the architecture gives untrained; `report-text` scores each
 test row's own report with the export's text tower against the class prompts (text to text: how
 much the reports carry, an upper reference where reports are built from the labels), run where
-the split has reports.
+the split has reports. Retrieval sets the random-weights model beside the export too.
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset
 import torch
 
 from models.model import ECGTextModel
+from models.report_generation import DraftOptions, caption_decoder_of
 from pipelines.data.trained_with import TrainedWith
 from pipelines.evaluation.finetune import FINETUNE_DEFAULTS, finetune
 from pipelines.evaluation.linear_probe import linear_probe
-from pipelines.evaluation.predict import predict_split
+from pipelines.evaluation.predict import predict_split, split_reports
+from pipelines.evaluation.report_drafts import report_figures
+from pipelines.evaluation.retrieval import retrieval_figures
 from pipelines.labels.metrics import auroc_per_class, macro_auroc
 from pipelines.labels.tasks import Task, load_task
 from pipelines.labels.zero_shot import task_scores
 from pipelines.storage import cached_copy
 from pipelines.training.config import TrainConfig
 
-MODES = ("zero-shot", "linear-probe", "finetune")
+MODES = ("zero-shot", "linear-probe", "finetune", "report", "retrieval")
 
 
 def evaluate_export(
@@ -45,16 +48,20 @@ def evaluate_export(
     split: str = "test",
     baselines: bool = True,
     finetune_config: TrainConfig = FINETUNE_DEFAULTS,
+    draft_options: DraftOptions = DraftOptions(),
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Score the export (a folder or its URI) on `task` (a Task, a task name or class table, or None: the
     task the export's validation used; `prompts` replaces class prompts) over shards that must be prepared
-    as the export's training data was. (results, curves): `results` is what metrics.json holds; `curves` the test scores [n, C] per
-    method (zero-shot, finetune, …) and `targets` [n, C] for the ROC plot, over `results["codes"]`."""
+    as the export's training data was; `draft_options` is report mode's search. (results, curves): `results`
+    is what metrics.json holds; `curves` the test scores [n, C] per method (zero-shot, finetune, …) and
+    `targets` [n, C] for the ROC plot, over `results["codes"]`."""
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     export = cached_copy(model_dir)  # an export named by a URI is loaded from this node's cached copy
     model = ECGTextModel.from_pretrained(export).eval()
+    if "report" in modes:
+        caption_decoder_of(model)  # an export that cannot draft fails before anything runs
     trained_with = TrainedWith.of_model(model)
     trained_with.check_shards([data])
     task = load_task(task or trained_with.task) if not isinstance(task, Task) else task
@@ -79,8 +86,11 @@ def evaluate_export(
         "baselines": {},
     }
     curves: dict[str, np.ndarray] = {"targets": targets}
-    random_model = _random_like(export) if baselines and {"zero-shot", "linear-probe"} & set(modes) else None
+    uses_random = baselines and {"zero-shot", "linear-probe", "retrieval"} & set(modes)
+    random_model = _random_like(export) if uses_random else None
     random_x = predict_split(random_model.encode_ecg, data, split)[0] if random_model is not None else None
+    uses_train = {"linear-probe", "report"} & set(modes)
+    train_x, train_labels = predict_split(model.encode_ecg, data, "train") if uses_train else (None, None)
 
     if "zero-shot" in modes:
         scores = task_scores(model, task, codes, test_x)
@@ -89,14 +99,13 @@ def evaluate_export(
         if random_model is not None:
             zero_shot = _aurocs(task_scores(random_model, task, codes, random_x), targets, codes)
             results["baselines"].setdefault("random-weights", {})["zero_shot"] = zero_shot
-        reports = _reports(data, split) if baselines else []
+        reports = split_reports(data, split) if baselines else []
         if any(reports):
             report_x = _encode_reports(model, reports)
             zero_shot = _aurocs(task_scores(model, task, codes, report_x), targets, codes)
             results["baselines"]["report-text"] = {"zero_shot": zero_shot}
 
     if "linear-probe" in modes:
-        train_x, train_labels = predict_split(model.encode_ecg, data, "train")
         train_y = task.targets(train_labels)[:, present]
         results["linear_probe"] = linear_probe(train_x, train_y, test_x, targets, codes)
         if random_model is not None:
@@ -111,6 +120,18 @@ def evaluate_export(
         results["finetune"] = {**tuned, **_aurocs(tuned_scores, targets, codes)}
         curves["finetune"] = tuned_scores
 
+    if "report" in modes:
+        train_reports = split_reports(data, "train")
+        results["report"] = report_figures(model, data, split, task, test_x, train_x, train_reports, draft_options)
+
+    if "retrieval" in modes:
+        reports = split_reports(data, split)
+        results["retrieval"] = retrieval_figures(test_x, reports, lambda texts: _encode_reports(model, texts))
+        if random_model is not None:
+            random = retrieval_figures(random_x, reports, lambda texts: _encode_reports(random_model, texts))
+            directions = ("ecg_to_report", "report_to_ecg")
+            results["retrieval"]["baselines"] = {"random-weights": {key: random[key] for key in directions}}
+
     results.update(_headline(results))
     return results, curves
 
@@ -122,10 +143,13 @@ def _aurocs(scores: np.ndarray, targets: np.ndarray, codes: Sequence[str]) -> di
 
 def _headline(results: dict) -> dict:
     """Top-level `macro_auroc` / `per_class_auroc`: zero-shot's where it ran, else fine-tuning's, else
-    the linear probe's on all training rows."""
+    the linear probe's on all training rows. A run of report and/or retrieval only names its headline
+    section ("report", else "retrieval") and has no top-level AUROC."""
     for key in ("zero_shot", "finetune"):
         if key in results:
             return {"headline": key, **{k: results[key][k] for k in ("macro_auroc", "per_class_auroc")}}
+    if "linear_probe" not in results:
+        return {"headline": "report" if "report" in results else "retrieval"}
     full = results["linear_probe"]["100%"]
     return {
         "headline": "linear_probe 100%",
@@ -157,10 +181,3 @@ def _encode_reports(model: ECGTextModel, reports: list[str], batch_size: int = 2
     return np.concatenate(
         [model.encode_reports(reports[i : i + batch_size]).numpy() for i in range(0, len(reports), batch_size)]
     )
-
-
-def _reports(data: str, split: str) -> list[str]:
-    """The report column of a split, in the order `predict_split` reads rows."""
-    dataset = pyarrow.dataset.dataset(data, format="parquet", exclude_invalid_files=True)
-    table = dataset.to_table(columns=["report"], filter=pyarrow.dataset.field("split") == split)
-    return [report or "" for report in table["report"].to_pylist()]
