@@ -4,14 +4,18 @@ streamed through Ray Data with the model loaded once per actor.
     python -m pipelines.score --model runs/sweep/best --input data/synthetic --output runs/scores
     python -m pipelines.score --model runs/sweep/best --input /mnt/ptb-xl --source ptbxl --output runs/ptbxl-scores \\
         --labels labels.json --batch-size 64 --embeddings
+    python -m pipelines.score --model runs/melp/export --input data/synthetic --output runs/drafts --reports --num-beams 4
     python -m pipelines.score --model s3://bucket/runs/x/export --input s3://bucket/shards --output s3://bucket/scores
 
-Output: `scores/<unit>.parquet` (`ecg_id`, `score_<label>` per label, `embedding` with --embeddings),
+Output: `scores/<unit>.parquet` (`ecg_id`, `score_<label>` per label, `report`, `report_logprob` and
+`report_tokens` with --reports (a MELP export's draft of each ECG, as /v1/report drafts it), `embedding` with
+--embeddings),
 `rejected/<unit>.parquet` and `rejected_listing.parquet` (each unreadable record with its reason), and
 `summary.json` (records in = scored + rejected, counted from the parts on disk; counts that do not
-reconcile raise instead of being written). A unit is one input shard, or `--part-size` listed records of
+reconcile raise instead of being written), and with --embeddings `index/`, the embeddings' search index
+(`pipelines.search`), built once the summary is written. A unit is one input shard, or `--part-size` listed records of
 an archive. The output's `made_by.json` records what made it (the export's fingerprint, task and labels,
-source, part size, embeddings, a fingerprint of the input's unit listing): a rerun that matches skips
+source, part size, embeddings, the drafting options, a fingerprint of the input's unit listing): a rerun that matches skips
 the units already written, one that differs is refused naming the difference (`--overwrite` replaces an
 output that scoring made, and nothing else).
 
@@ -32,7 +36,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,6 +44,7 @@ import pyarrow.parquet as pq
 import ray
 
 from models.model import export_fingerprint
+from models.report_generation import DraftOptions
 from pipelines.data.records import record_id_of
 from pipelines.data.shard_sink import REJECTED_SCHEMA
 from pipelines.data.sources import SourceOptions, archive_uri_problem, list_source
@@ -47,7 +52,9 @@ from pipelines.data.trained_with import TrainedWith
 from pipelines.labels.tasks import load_task
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import claim_output
+from pipelines.search import INDEX_DIR, build_index
 from pipelines.serving.batch import REJECTED_DIR, SCORES_DIR, ScoreUnits, part_names, part_of, write_part
+from pipelines.serving.scorer import DraftRefused, check_export_drafts
 from pipelines.storage import Location, cached_copy
 
 log = logging.getLogger("pipelines.score")
@@ -122,6 +129,7 @@ def score(
     batch_size: int = 64,
     part_size: int = 1000,
     embeddings: bool = False,
+    reports: DraftOptions | None = None,
     actors: int = 1,
     overwrite: bool = False,
     log_file: str | None = None,
@@ -129,12 +137,16 @@ def score(
     """Score every unit not yet written; returns the summary also written to `summary.json`. Archives are
     preprocessed as the export's training data was; shards must have been prepared that way (checked).
     The input is listed and checked before the output is claimed (`pipelines.outputs`; OutputRefused
-    names what differs); `log_file` then also logs to `OUTPUT/logs/<log_file>` (a local output only)."""
+    names what differs); `log_file` then also logs to `OUTPUT/logs/<log_file>` (a local output only).
+    `reports`: draft a report per ECG with these options; an export that cannot (no caption decoder,
+    max_tokens over its limit) is refused first (`DraftRefused`, a ValueError)."""
     started = time.time()
     if source != "shards" and (problem := archive_uri_problem(input_path)):
         raise ValueError(problem)
     export = cached_copy(model_dir)  # the driver reads the export's record and fingerprint from a local copy
     trained_with = TrainedWith.of_export(str(export))
+    if reports is not None:
+        check_export_drafts(export, reports)
     if source == "shards":
         trained_with.check_shards([input_path])
     work = work_units(Location.of(input_path), source, part_size)
@@ -149,6 +161,8 @@ def score(
         "embeddings": embeddings,
         "input_listing": work.fingerprint(),
     }
+    if reports is not None:  # absent without drafts, so outputs made before drafting existed still continue
+        made_with["reports"] = asdict(reports)
     destination = Location.of(output)
     claim_output(destination, "score", made_with, overwrite=overwrite)
     if log_file and destination.is_local:
@@ -172,11 +186,17 @@ def score(
                 "output": destination.uri,
                 "batch_size": batch_size,
                 "embeddings": embeddings,
+                "draft": reports,
             },
         ).materialize()
     summary = _account(destination, work, by_record=source != "shards")
     summary["elapsed_seconds"] = time.time() - started
     destination.child("summary.json").write_json(summary)
+    if embeddings and summary["rows"]:
+        indexing = time.time()
+        index = build_index(destination.uri, Location.of(model_dir).uri)
+        log.info("score: indexed %d embeddings (%s) in %.1f s → %s", index.count, index.record["kind"],
+                 time.time() - indexing, destination.child(INDEX_DIR))
     return summary
 
 
@@ -229,6 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--part-size", type=int, default=1000, help="archive records per output part")
     parser.add_argument("--actors", type=int, default=1, help="scoring actors (one model each)")
     parser.add_argument("--embeddings", action="store_true", help="also write each ECG's embedding")
+    parser.add_argument(
+        "--reports", action="store_true", help="also draft each ECG's report (a MELP export's caption decoder)"
+    )
+    parser.add_argument("--num-beams", type=int, help="with --reports: 1 greedy (default), more: beam search")
+    parser.add_argument(
+        "--max-tokens", type=int, help="with --reports: tokens a draft may hold (default: the model's limit)"
+    )
     parser.add_argument("--address", help="Ray cluster address (default: a local one)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output this command made before (one made differently is refused without it)")
@@ -254,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--labels {args.labels}: {error}")
     except ValueError as error:
         parser.error(str(error))
+    reports = _draft_options(parser, args)
     setup_logging()
     init_ray(args.address)
     try:
@@ -267,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             part_size=args.part_size,
             embeddings=args.embeddings,
+            reports=reports,
             actors=args.actors,
             overwrite=args.overwrite,
             log_file="score.log",
@@ -278,6 +307,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{summary['elapsed_seconds']:.0f} s → {args.output}"
     )
     return 0
+
+
+def _draft_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DraftOptions | None:
+    """The drafting options of --reports (None without it), checked against the export before Ray starts; a
+    usage error for --num-beams / --max-tokens without --reports or out of range, and for an export that
+    cannot draft."""
+    given = {"num_beams": args.num_beams, "max_tokens": args.max_tokens}
+    if not args.reports:
+        stray = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+        if stray:
+            parser.error(f"{', '.join(stray)} only go with --reports")
+        return None
+    for name, value in given.items():
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    options = DraftOptions(**{name: value for name, value in given.items() if value is not None})
+    try:
+        check_export_drafts(cached_copy(args.model), options)
+    except DraftRefused as refused:
+        flag = "--max-tokens" if refused.field == "max_tokens" else f"--reports with --model {args.model}"
+        parser.error(f"{flag}: {refused.message}")
+    except (OSError, ValueError) as error:
+        parser.error(f"--model {args.model}: {error}")
+    return options
 
 
 if __name__ == "__main__":

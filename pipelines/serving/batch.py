@@ -6,7 +6,7 @@ when complete; an object in a store is put in one piece, and exists only once it
 so a rerun into the same output (made the same way: `pipelines.score` checks its record) skips exactly
 the units whose part exists. Shards, parts and the export may be local or URIs (`pipelines.storage`).
 Reading uses the prepare stage's `prepare_batch` (archives) or the shard columns as written
-(shards); scoring uses `Scorer`, as the Serve app does.
+(shards); scoring (and drafting, with `draft` options) uses `Scorer`, as the Serve app does.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from models.report_generation import DraftOptions
 from pipelines.data.records import RecordOptions, prepare_batch
 from pipelines.data.schema import lead_masks_of, signals_of
 from pipelines.serving.scorer import Scorer
@@ -55,17 +56,26 @@ def write_part(table: pa.Table, where: Location) -> None:
 class ScoreUnits:
     """`map_batches` callable: each row of a batch is a unit {unit, shard_path or records (the unit's
     listed records as JSON)}; returns a summary row per unit (unit, rows scored, rows rejected). `labels`
-    are resolved by the driver, which records them with the output. `model_dir` and `output` may be URIs:
-    each actor loads the export from its own node's cached copy."""
+    are resolved by the driver, which records them with the output. With `draft` options each row also
+    gets its drafted `report`, `report_logprob` and `report_tokens` (`Scorer.draft`, as /v1/report). `model_dir`
+    and `output` may be URIs: each actor loads the export from its own node's cached copy."""
 
     def __init__(
-        self, model_dir: str, task: str, labels: list[str], output: str, batch_size: int, embeddings: bool
+        self,
+        model_dir: str,
+        task: str,
+        labels: list[str],
+        output: str,
+        batch_size: int,
+        embeddings: bool,
+        draft: DraftOptions | None = None,
     ) -> None:
         self.scorer = Scorer(model_dir, task, threads=None)
         self.labels = labels
         self.output = Location.of(output)
         self.batch_size = batch_size
         self.embeddings = embeddings
+        self.draft = draft
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         summaries = [
@@ -78,15 +88,22 @@ class ScoreUnits:
         rejected = table.filter(pc.is_valid(table["reject_reason"])) if "reject_reason" in table.column_names else None
         kept = table.filter(pc.is_null(table["reject_reason"])) if rejected is not None else table
         columns: dict[str, list] = {"ecg_id": kept["ecg_id"].to_pylist()}
-        scores, embeddings = [], []
+        scores, embeddings, drafts = [], [], []
         for start in range(0, kept.num_rows, self.batch_size):
             rows = kept.slice(start, self.batch_size)
-            embedded = self.scorer.embed(signals_of(rows), lead_masks_of(rows))  # [b, D]
+            signals, lead_masks = signals_of(rows), lead_masks_of(rows)
+            embedded = self.scorer.embed(signals, lead_masks)  # [b, D]
             scores.append(self.scorer.scores(embedded, self.labels))  # [b, C]
             embeddings.append(embedded)
+            if self.draft is not None:
+                drafts += self.scorer.draft(signals, lead_masks, self.draft)
         matrix = np.concatenate(scores) if scores else np.zeros((0, len(self.labels)), np.float32)
         for c, label in enumerate(self.labels):
             columns[f"score_{label}"] = matrix[:, c].astype(np.float32)
+        if self.draft is not None:
+            columns["report"] = pa.array([d.text for d in drafts], pa.string())
+            columns["report_logprob"] = pa.array([d.logprob for d in drafts], pa.float32())
+            columns["report_tokens"] = pa.array([d.tokens for d in drafts], pa.int32())
         if self.embeddings:
             dim = self.scorer.model.config.objective.embed_dim
             stacked = np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32)

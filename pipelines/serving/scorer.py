@@ -1,10 +1,13 @@
-"""Zero-shot scoring of raw ECGs with an export: the one code path behind the Serve app and batch scoring.
+"""Zero-shot scoring, report drafting and text embedding with an export: the one code path behind the Serve
+app and batch scoring.
 
     scorer = Scorer("runs/sweep/best")          # the export's preprocessing and label task; task= overrides
     scorer = Scorer("s3://bucket/runs/x/export")    # an export in an object store: loaded from a local cached copy
     prepared = scorer.prepare(Recording("ecg-1", signal_mv, 500, ["I", "II", "V1"]))   # as its shards were
     embeddings = scorer.embed(np.stack([prepared.signal]), np.stack([prepared.lead_mask]))   # [n, D]
     scores = scorer.scores(embeddings, ["AFIB", "sinus rhythm with a long pr interval"])    # [n, C]
+    drafts = scorer.draft(signals, lead_masks, DraftOptions(num_beams=4))   # a DraftedReport per ECG
+    queries = scorer.embed_text(["atrial fibrillation"])                     # [n, D], as reports are embedded
 
 Labels are class codes of the scorer's task (prompted as evaluation prompts them) or any other text,
 taken as its own prompt. The text side of a label set is computed once and cached.
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from models.model import ECGTextModel
+from models.report_generation import DraftedReport, DraftOptions, NoCaptionDecoder, caption_decoder_of
 from models.zero_shot import classifier_from_prompts, zero_shot_scores
 from pipelines.data.preprocess import PreparedSignal, PreprocessConfig, preprocess
 from pipelines.data.trained_with import TrainedWith
@@ -29,6 +33,32 @@ from pipelines.storage import cached_copy
 
 CLASSIFIER_CACHE = 256
 """Label sets whose class weights are kept."""
+
+
+class DraftRefused(ValueError):
+    """Drafting an export cannot do: `field` is "model" (no caption decoder) or "max_tokens" (over its limit)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def check_draft(model: ECGTextModel, options: DraftOptions) -> None:
+    """DraftRefused unless `model` drafts reports and `options.max_tokens` is within its text length - 1."""
+    try:
+        caption_decoder_of(model)
+    except NoCaptionDecoder as missing:
+        raise DraftRefused("model", str(missing)) from None
+    limit = model.config.text.max_length - 1
+    if options.max_tokens > limit:
+        raise DraftRefused("max_tokens", f"{options.max_tokens} is over this model's limit of {limit} tokens")
+
+
+def check_export_drafts(export_dir: str | os.PathLike, options: DraftOptions) -> None:
+    """`check_draft` against a local export's architecture alone (built on the meta device: no weights read)."""
+    with torch.device("meta"):
+        skeleton = ECGTextModel.from_pretrained(export_dir, load_weights=False)
+    check_draft(skeleton, options)
 
 
 class Scorer:
@@ -70,6 +100,20 @@ class Scorer:
         """Cosine scores [n, C] of embeddings [n, D] against the labels (codes or free text)."""
         classifier = self.classifier(tuple(labels))  # [D, C] on the CPU
         return zero_shot_scores(torch.from_numpy(embeddings).float(), classifier).numpy()
+
+    @torch.no_grad()
+    def draft(self, signals: np.ndarray, lead_masks: np.ndarray, options: DraftOptions) -> list[DraftedReport]:
+        """signals [n, 12, T], lead_masks [n, 12] bool → a drafted report per ECG, in order (DraftRefused
+        when the export cannot draft with `options`)."""
+        check_draft(self.model, options)
+        signal = torch.from_numpy(np.asarray(signals, dtype=np.float32)).to(self.device)
+        lead_mask = torch.from_numpy(np.asarray(lead_masks, dtype=bool)).to(self.device)
+        return self.model.generate_reports(signal, lead_mask, options)
+
+    @torch.no_grad()
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts → L2-normalised embeddings [n, D], as reports (and zero-shot prompts) are embedded."""
+        return self.model.encode_reports(list(texts)).float().cpu().numpy()
 
     def label_names(self, labels: Sequence[str]) -> list[str]:
         """A readable name per label: the class name of a task code, the text itself otherwise."""
