@@ -1,23 +1,28 @@
-"""Serve: zero-shot scoring over HTTP with Ray Serve (FastAPI ingress, requests batched with `@serve.batch`).
+"""Serve: zero-shot scoring, report drafting and ECG search over HTTP with Ray Serve (FastAPI ingress,
+ECGs of concurrent requests batched with `@serve.batch`).
 
     python -m pipelines.serve --model runs/sweep/best [--port 8000] [--replicas 2] [--cpus-per-replica 4] [--task ptbxl-super]
     python -m pipelines.serve --model s3://bucket/runs/x/export     # each replica loads a cached copy on its node
+    python -m pipelines.serve --model runs/sweep/best --index runs/scores/index     # also answers /v1/search
     serve run cluster/serve.yaml
 
-Routes: `POST /v1/score` (per-label scores and the top labels per ECG), `POST /v1/embed`, `GET /healthz`
-(readiness from a forward run at start, and the model's identity), the OpenAPI page at `/docs`. Bodies
-are JSON or a `.npy` file (`pipelines.serving.requests`). Set `ECG_FM_API_TOKEN` to require
+Routes: `POST /v1/score` (per-label scores and the top labels per ECG), `POST /v1/embed`, `POST /v1/report`
+(a drafted report per ECG, from a MELP export's caption decoder), `POST /v1/search` (the nearest ECGs of the
+index given at start, for a sentence or for ECGs), `GET /healthz` (readiness from a forward run at start,
+the model's identity, whether it drafts, the index), the OpenAPI page at `/docs`. Bodies are JSON or a
+`.npy` file (`pipelines.serving.requests`). Set `ECG_FM_API_TOKEN` to require
 `Authorization: Bearer <token>` on every route but `/healthz`; off loopback it is required
-(`pipelines.serving.guard`). ECGs go through the prepare stage's
-preprocessing and the evaluation's zero-shot classifier (`pipelines.serving.scorer.Scorer`), so a score
-here equals the same ECG's score in batch scoring and evaluation. Decoding, preprocessing and the model
-run in threads, off the replica's event loop.
+(`pipelines.serving.guard`). ECGs go through the prepare stage's preprocessing and the evaluation's
+zero-shot classifier (`pipelines.serving.scorer.Scorer`), so a score here equals the same ECG's score in
+batch scoring and evaluation, and a draft equals `pipelines.score --reports`'s. Decoding, preprocessing
+and the model run in threads, off the replica's event loop.
 """
 
 import argparse
 import asyncio
 import os
 import sys
+from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,29 +32,36 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from models.model import export_fingerprint
+from models.report_generation import DraftedReport, DraftOptions
 from pipelines.data.preprocess import PreparedSignal
 from pipelines.data.rejection import RecordRejected
 from pipelines.logs import init_ray, setup_logging
+from pipelines.retrieval import MAX_K, MAX_QUERY_CHARS, EmbeddingIndex
 from pipelines.serving.guard import BODY_TIMEOUT_S, MAX_BODY_BYTES, TOKEN_ENV, RequestGuard, require_token
+from pipelines.serving.openapi import body_doc
 from pipelines.serving.requests import (
-    JSON,
+    MAX_BEAMS,
     MAX_DURATION_FACTOR,
     MAX_ECGS,
     MAX_LABEL_CHARS,
     MAX_LABELS,
-    NPY,
     ECGOptions,
     ECGRequest,
+    ReportOptions,
+    ReportRequest,
     RequestProblem,
     ScoreOptions,
     ScoreRequest,
+    SearchOptions,
+    SearchRequest,
     check_response_size,
     parse,
     recordings,
     validation_problem,
 )
-from pipelines.serving.scorer import Scorer
-from pipelines.storage import Location
+from pipelines.serving.responses import reports_body, scores_body, search_body
+from pipelines.serving.scorer import DraftRefused, Scorer, check_draft
+from pipelines.storage import Location, cached_copy
 
 MAX_BATCH_SIZE = 32
 
@@ -57,9 +69,15 @@ BOUNDS = (
     f"Bounds: bodies up to {MAX_BODY_BYTES // 2**20} MiB (413), sent within {BODY_TIMEOUT_S:g} s (408, "
     f"connection closed); up to {MAX_ECGS} ECGs per request, each at most {MAX_DURATION_FACTOR} × the model's "
     f"window long (60 s for 10 s windows; only the first window is scored; 413); up to {MAX_LABELS} labels "
-    f"of up to {MAX_LABEL_CHARS} characters. Types are strict (422 naming the field)."
+    f"of up to {MAX_LABEL_CHARS} characters; drafts of up to the model's text length - 1 tokens with up to "
+    f"{MAX_BEAMS} beams (422 from an export without a caption decoder); search queries of 1-{MAX_QUERY_CHARS} "
+    f"characters, k of 1-{MAX_K} (409 when serve was started without --index). Types are strict (422 naming "
+    "the field)."
 )
-app = FastAPI(title="ecg-fm", description=f"Zero-shot ECG classification from text prompts. {BOUNDS}")
+app = FastAPI(
+    title="ecg-fm",
+    description=f"Zero-shot ECG classification from text prompts, report drafting, ECG search. {BOUNDS}",
+)
 app.add_middleware(RequestGuard)
 
 
@@ -74,44 +92,16 @@ async def request_invalid(_: Request, error: RequestValidationError) -> JSONResp
     return await request_problem(_, validation_problem(error.errors()))
 
 
-def _body_doc(request_class: type[ECGRequest], options_class: type[ECGOptions]) -> dict:
-    """The OpenAPI request body and query parameters of a route that reads its body itself."""
-    query = [
-        {"name": name, "in": "query", "required": False, "schema": schema, "description": "with a .npy body only"}
-        for name, schema in options_class.model_json_schema()["properties"].items()
-    ]
-    return {
-        "parameters": query,
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {"schema": _inlined(request_class.model_json_schema())},
-                NPY: {"schema": {"type": "string", "format": "binary", "description": "a .npy file (numpy.save)"}},
-            },
-        },
-    }
-
-
-def _inlined(schema: dict) -> dict:
-    """A pydantic JSON schema with its `$defs` references replaced by the definitions (OpenAPI's
-    components do not hold them)."""
-    definitions = schema.pop("$defs", {})
-
-    def resolve(node):
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
-            return {key: resolve(value) for key, value in node.items()}
-        return [resolve(item) for item in node] if isinstance(node, list) else node
-
-    return resolve(schema)
+async def _answer(build, *args) -> JSONResponse:
+    """`JSONResponse(build(*args))`, built and serialised in a thread, off the replica's event loop."""
+    return await asyncio.to_thread(lambda: JSONResponse(build(*args)))
 
 
 @serve.deployment(max_ongoing_requests=2 * MAX_BATCH_SIZE, health_check_period_s=10)
 @serve.ingress(app)
 class ScoringService:
     """One replica: the export loaded once and checked by a forward, ECGs of concurrent requests embedded
-    together."""
+    (or drafted) together; the index, when given, loaded once and refused unless this export made it."""
 
     def __init__(
         self,
@@ -120,6 +110,7 @@ class ScoringService:
         token: str | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         body_timeout_s: float = BODY_TIMEOUT_S,
+        index: str | None = None,
     ) -> None:
         self.scorer = Scorer(model_dir, task)
         self.identity = {
@@ -128,6 +119,9 @@ class ScoringService:
             "objective": self.scorer.model.config.objective.name,
             "task": self.scorer.trained_with.task,
         }
+        self.index = EmbeddingIndex.load(index) if index else None
+        if self.index is not None:
+            self.index.check_model(self.identity["fingerprint"])  # IndexModelMismatch: the deployment fails
         self.problem = self._self_check()
         app.state.token = token
         app.state.max_body_bytes = max_body_bytes
@@ -151,26 +145,43 @@ class ScoringService:
         signals, masks = np.stack([s for s, _ in inputs]), np.stack([m for _, m in inputs])
         return list(await asyncio.to_thread(self.scorer.embed, signals, masks))
 
-    async def _embed_request(
-        self, request: Request, request_class: type[ECGRequest]
-    ) -> tuple[ECGOptions, list[str], np.ndarray, list[list[str]]]:
-        """The request read, checked and preprocessed (in a thread), then embedded with others' ECGs →
-        (options, ids, embeddings [n, D], flags per ECG)."""
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.02)
+    async def _draft(self, inputs: list[tuple[np.ndarray, np.ndarray, DraftOptions]]) -> list[DraftedReport]:
+        """inputs: (signal [12, T], lead_mask [12], options) per ECG, from any requests → a draft each."""
+        return await asyncio.to_thread(self._draft_by_options, inputs)
+
+    def _draft_by_options(self, inputs: list[tuple[np.ndarray, np.ndarray, DraftOptions]]) -> list[DraftedReport]:
+        """One `Scorer.draft` per distinct options among the inputs; the drafts in input order."""
+        groups: dict[DraftOptions, list[int]] = defaultdict(list)
+        for position, (_, _, options) in enumerate(inputs):
+            groups[options].append(position)
+        drafts: list[DraftedReport | None] = [None] * len(inputs)
+        for options, positions in groups.items():
+            signals = np.stack([inputs[p][0] for p in positions])
+            masks = np.stack([inputs[p][1] for p in positions])
+            for position, draft in zip(positions, self.scorer.draft(signals, masks, options)):
+                drafts[position] = draft
+        return drafts
+
+    async def _read(
+        self, request: Request, request_class: type[ECGOptions]
+    ) -> tuple[ECGOptions, list[str], list[PreparedSignal]]:
+        """The request read, then checked and preprocessed in a thread → (options, ids, the prepared ECGs;
+        none for a text search)."""
         if self.problem is not None:
             raise HTTPException(503, f"model: {self.problem}")
         body = await request.body()
         query = {name: request.query_params.getlist(name) for name in request.query_params}
-        options, prepared = await asyncio.to_thread(
+        return await asyncio.to_thread(
             self._prepare, request_class, request.headers.get("content-type", ""), body, query
         )
-        embeddings = await asyncio.gather(*(self._embed((p.signal, p.lead_mask)) for p in prepared))
-        ids = options.ids or [f"ecg-{i}" for i in range(len(prepared))]
-        return options, ids, np.stack(embeddings), [p.flags for p in prepared]
 
     def _prepare(
-        self, request_class: type[ECGRequest], content_type: str, body: bytes, query: dict[str, list[str]]
-    ) -> tuple[ECGOptions, list[PreparedSignal]]:
+        self, request_class: type[ECGOptions], content_type: str, body: bytes, query: dict[str, list[str]]
+    ) -> tuple[ECGOptions, list[str], list[PreparedSignal]]:
         options, array = parse(request_class, content_type, body, query)
+        if array is None:  # a text search
+            return options, options.ids or ["text-0"], []
         listed = recordings(options, array, MAX_ECGS, self.scorer.preprocess_config)
         if isinstance(options, ScoreOptions):
             check_response_size(len(listed), len(options.labels or self.scorer.default_labels))
@@ -180,49 +191,65 @@ class ScoringService:
                 prepared.append(self.scorer.prepare(recording))
             except RecordRejected as rejected:
                 raise RequestProblem(422, f"ecg[{index}]", str(rejected)) from None
-        return options, prepared
+        return options, [recording.name for recording in listed], prepared
 
-    @app.post("/v1/score", openapi_extra=_body_doc(ScoreRequest, ScoreOptions))
+    async def _embedded(self, prepared: list[PreparedSignal]) -> np.ndarray:
+        """The prepared ECGs embedded together with other requests' → [n, D]."""
+        return np.stack(await asyncio.gather(*(self._embed((p.signal, p.lead_mask)) for p in prepared)))
+
+    @app.post("/v1/score", openapi_extra=body_doc(ScoreRequest, ScoreOptions))
     async def score(self, request: Request) -> JSONResponse:
-        options, ids, embeddings, flags = await self._embed_request(request, ScoreRequest)
-        return await asyncio.to_thread(self._scores_response, options, ids, embeddings, flags)
+        options, ids, prepared = await self._read(request, ScoreRequest)
+        embeddings = await self._embedded(prepared)
+        return await _answer(scores_body, self.scorer, options, ids, embeddings, [p.flags for p in prepared])
 
-    def _scores_response(
-        self, options: ScoreOptions, ids: list[str], embeddings: np.ndarray, flags: list[list[str]]
-    ) -> JSONResponse:
-        labels = list(dict.fromkeys(options.labels)) if options.labels else list(self.scorer.default_labels)
-        scores = self.scorer.scores(embeddings, labels)  # [n, C]
-        names = self.scorer.label_names(labels)
-        results = []
-        for ecg_id, row, row_flags in zip(ids, scores, flags):
-            top = np.argsort(-row)[: options.top_k]
-            results.append(
-                {
-                    "id": ecg_id,
-                    "scores": dict(zip(labels, row.tolist())),
-                    "top": [{"label": labels[i], "name": names[i], "score": float(row[i])} for i in top],
-                    "flags": row_flags,
-                }
-            )
-        return JSONResponse({"labels": labels, "names": names, "results": results})
-
-    @app.post("/v1/embed", openapi_extra=_body_doc(ECGRequest, ECGOptions))
+    @app.post("/v1/embed", openapi_extra=body_doc(ECGRequest, ECGOptions))
     async def embed(self, request: Request) -> JSONResponse:
-        _, ids, embeddings, flags = await self._embed_request(request, ECGRequest)
-        results = [{"id": i, "embedding": e, "flags": f} for i, e, f in zip(ids, embeddings.tolist(), flags)]
+        _, ids, prepared = await self._read(request, ECGRequest)
+        embeddings = (await self._embedded(prepared)).tolist()
+        results = [{"id": i, "embedding": e, "flags": p.flags} for i, e, p in zip(ids, embeddings, prepared)]
         return await asyncio.to_thread(JSONResponse, {"results": results})
+
+    @app.post("/v1/report", openapi_extra=body_doc(ReportRequest, ReportOptions))
+    async def report(self, request: Request) -> JSONResponse:
+        """A draft per ECG: its text, the sum of its tokens' log-probabilities (end included), its token
+        count. 422 naming `model` from an export without a caption decoder, `max_tokens` over its limit."""
+        options, ids, prepared = await self._read(request, ReportRequest)
+        draft_options = DraftOptions(max_tokens=options.max_tokens or 0, num_beams=options.num_beams)
+        try:
+            check_draft(self.scorer.model, draft_options)
+        except DraftRefused as refused:
+            raise RequestProblem(422, refused.field, refused.message) from None
+        drafts = await asyncio.gather(*(self._draft((p.signal, p.lead_mask, draft_options)) for p in prepared))
+        return await _answer(reports_body, ids, drafts, [p.flags for p in prepared])
+
+    @app.post("/v1/search", openapi_extra=body_doc(SearchRequest, SearchOptions))
+    async def search(self, request: Request) -> JSONResponse:
+        """The `k` nearest ECGs of the index for a sentence (`text`) or for each ECG (`ecg`), best first.
+        409 naming `index` when the server was started without one."""
+        if self.index is None:
+            raise RequestProblem(409, "index", "no index loaded: start serve with --index DIR|URI")
+        options, ids, prepared = await self._read(request, SearchRequest)
+        if prepared:
+            queries = await self._embedded(prepared)
+        else:
+            queries = await asyncio.to_thread(self.scorer.embed_text, [options.text])
+        hits = await asyncio.to_thread(self.index.search, queries, options.k)
+        return await _answer(search_body, ids, hits)
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
         """`ready` from the forward run at start; the model's identity (export folder name, fingerprint of
-        its config and weights, objective, the task its validation used); the served task and its label
-        count. 503 when not ready."""
+        its config and weights, objective, the task its validation used) and whether it drafts reports;
+        the served task and its label count; the index (ECGs, kind) or null. 503 when not ready."""
         body = {
             "status": "ok" if self.problem is None else "unhealthy",
             "ready": self.problem is None,
             "model": self.identity,
+            "drafts_reports": self.scorer.model.drafts_reports,
             "task": self.scorer.task.name,
             "labels": len(self.scorer.default_labels),
+            "index": None if self.index is None else {k: self.index.record[k] for k in ("count", "kind")},
             **({"problem": self.problem} if self.problem else {}),
         }
         return JSONResponse(body, status_code=200 if self.problem is None else 503)
@@ -231,7 +258,8 @@ class ScoringService:
 def app_builder(args: dict) -> serve.Application:
     """`serve run` entry (cluster/serve.yaml): args model (an export folder or its URI), task (default: the
     export's), replicas, cpus_per_replica (torch's threads in each replica; default 1), gpus_per_replica,
-    body_timeout_s; the token from the environment, required unless allow_no_token (`require_token`)."""
+    body_timeout_s, index (a folder or URI of `pipelines.search --build`'s index, made with this model; for
+    /v1/search); the token from the environment, required unless allow_no_token (`require_token`)."""
     token = args.get("token") or os.environ.get(TOKEN_ENV) or None
     require_token(token, None, bool(args.get("allow_no_token", False)))
     options = {"num_cpus": float(args.get("cpus_per_replica", 1)), "num_gpus": float(args.get("gpus_per_replica", 0))}
@@ -241,6 +269,7 @@ def app_builder(args: dict) -> serve.Application:
         token,
         int(args.get("max_body_bytes", MAX_BODY_BYTES)),
         float(args.get("body_timeout_s", BODY_TIMEOUT_S)),
+        args.get("index"),
     )
 
 
@@ -251,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--task", help="the label set served by default, a task name or table (default: the export's validation task)"
+    )
+    parser.add_argument(
+        "--index", help="an ECG index (a folder or URI; SCORES/index) built with this model, for /v1/search"
     )
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
@@ -276,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         require_token(os.environ.get(TOKEN_ENV), args.host, args.insecure_no_token)
     except ValueError as error:
         parser.error(str(error))
+    if args.index:
+        try:  # each replica checks it again; here a mistake is a usage error instead of a failed deployment
+            EmbeddingIndex.load(args.index).check_model(export_fingerprint(cached_copy(args.model)))
+        except (OSError, ValueError) as error:
+            parser.error(f"--index {args.index}: {error}")
     setup_logging()
     init_ray(args.address)
     serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
@@ -284,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "model": Location.of(args.model).uri,  # an absolute path, or the URI as given
                 "task": args.task,
+                "index": Location.of(args.index).uri if args.index else None,
                 "replicas": args.replicas,
                 "cpus_per_replica": args.cpus_per_replica,
                 "body_timeout_s": args.body_timeout_s,

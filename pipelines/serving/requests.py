@@ -3,7 +3,8 @@
 Two bodies carry the same request:
 - JSON (`application/json`): `ecg` is one ECG as a leads × samples nested list, several as
   n × leads × samples, or `{"b64": …, "shape": [...], "dtype": "float32"}` (little-endian bytes, base64),
-  beside `fs`, `leads`, `ids` (and for scoring `labels`, `top_k`). Types are strict: `"fs": "500"`,
+  beside `fs`, `leads`, `ids` (and for scoring `labels`, `top_k`; for drafting `max_tokens`, `num_beams`;
+  for searching `k`, and `text` in place of `ecg`). Types are strict: `"fs": "500"`,
   `true` or numbers as strings are refused, as are unknown fields.
 - `.npy` (`application/octet-stream`): the array as `numpy.save` writes it (float32, float64 or int16;
   [leads, samples] or [n, leads, samples]), the other fields in the query string
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipelines.data.leads import STANDARD_LEADS, lead_index
 from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.wfdb_io import Recording
+from pipelines.retrieval import MAX_K, MAX_QUERY_CHARS
 
 MAX_ECGS = 256
 """ECGs in one request."""
@@ -38,6 +40,8 @@ MAX_LABELS, MAX_LABEL_CHARS = 256, 512
 MAX_SCORES = 2**14
 """ECGs × labels in one response."""
 MAX_ID_CHARS = 256
+MAX_BEAMS = 8
+"""Beams of a drafted report (each costs a decoder row per step)."""
 MAX_PROBLEMS_LISTED = 5
 """Validation errors named in one response."""
 JSON, NPY = "application/json", "application/octet-stream"
@@ -47,6 +51,7 @@ Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, pattern=r
 EcgId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 LeadName = Annotated[str, Field(max_length=8)]
 Size = Annotated[int, Field(ge=1, le=2**31)]
+QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
 
 
 class EncodedArray(BaseModel):
@@ -90,6 +95,35 @@ class ScoreRequest(ScoreOptions, ECGRequest):
     pass
 
 
+class ReportOptions(ECGOptions):
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="tokens a draft may hold, its end included (absent or null: the model's limit, "
+        "its text length - 1, which is also the most allowed)",
+    )
+    num_beams: int = Field(1, ge=1, le=MAX_BEAMS, description=f"1: greedy; 2-{MAX_BEAMS}: beam search")
+
+
+class ReportRequest(ReportOptions, ECGRequest):
+    pass
+
+
+class SearchOptions(ECGOptions):
+    k: int = Field(10, ge=1, le=MAX_K, description=f"hits per query, best first (at most {MAX_K})")
+
+
+class SearchRequest(SearchOptions):
+    """A text query (`text`) or ECG queries (`ecg`, as for /v1/embed): exactly one of the two."""
+
+    text: QueryText | None = Field(
+        None, description=f"a sentence to find ECGs for (1-{MAX_QUERY_CHARS} characters); not with `ecg`"
+    )
+    ecg: list | EncodedArray | None = Field(
+        None, description="leads × samples, n × leads × samples, or an encoded array; not with `text`"
+    )
+
+
 class RequestProblem(ValueError):
     """A request that cannot be scored: `status` (4xx) and a message naming the field."""
 
@@ -98,18 +132,23 @@ class RequestProblem(ValueError):
         self.status, self.field = status, field
 
 
-QUERY_OPTIONS = {ECGRequest: ECGOptions, ScoreRequest: ScoreOptions}
+QUERY_OPTIONS = {
+    ECGRequest: ECGOptions,
+    ScoreRequest: ScoreOptions,
+    ReportRequest: ReportOptions,
+    SearchRequest: SearchOptions,
+}
 """The options a `.npy` body takes in its query string, per JSON request class."""
 LIST_FIELDS = ("leads", "ids", "labels")
 """Options that a query string repeats (`?leads=I&leads=II`)."""
 
 
 def parse(
-    request_class: type[ECGRequest], content_type: str, body: bytes, query: Mapping[str, list[str]]
-) -> tuple[ECGOptions, np.ndarray]:
-    """A request body of `request_class` (`ECGRequest`, `ScoreRequest`) → (its options, the ECGs as an
-    array of any shape, not yet checked): JSON validated strictly, or a `.npy` body with its options
-    from the query string (strings there, so read as numbers where numbers are due)."""
+    request_class: type[ECGOptions], content_type: str, body: bytes, query: Mapping[str, list[str]]
+) -> tuple[ECGOptions, np.ndarray | None]:
+    """A request body of `request_class` (one of `QUERY_OPTIONS`) → (its options, the ECGs as an array of
+    any shape, not yet checked; None for a text search): JSON validated strictly, or a `.npy` body with its
+    options from the query string (strings there, so read as numbers where numbers are due)."""
     media_type = content_type.split(";")[0].strip().lower()
     if media_type == NPY:
         fields = {name: values if name in LIST_FIELDS else values[-1] for name, values in query.items()}
@@ -119,6 +158,10 @@ def parse(
     if query:
         raise RequestProblem(422, "query", f"with a JSON body every field goes in the body ({', '.join(query)[:200]})")
     request = _validated(request_class, body, strict=True)
+    if isinstance(request, SearchRequest):
+        _check_search(request)
+        if request.text is not None:
+            return request, None
     return request, _decode(request.ecg)
 
 
@@ -173,6 +216,17 @@ def validation_problem(errors: Sequence[dict]) -> RequestProblem:
     listed[1:] = [f"{field}: {text}" for field, text in zip(fields[1:], listed[1:])]
     more = [f"and {len(errors) - MAX_PROBLEMS_LISTED} more"] if len(errors) > MAX_PROBLEMS_LISTED else []
     return RequestProblem(422, fields[0], "; ".join(listed + more))
+
+
+def _check_search(request: SearchRequest) -> None:
+    """Exactly one of `text` and `ecg`; the ECG fields only with `ecg`, one id for a text."""
+    if (request.text is None) == (request.ecg is None):
+        given = "both were given" if request.text is not None else "neither was given"
+        raise RequestProblem(422, "text", f"give either text (a sentence) or ecg (ECGs), not both; {given}")
+    if request.text is not None and request.leads is not None:
+        raise RequestProblem(422, "leads", "names the rows of `ecg`; a text query has none")
+    if request.text is not None and request.ids is not None and len(request.ids) != 1:
+        raise RequestProblem(422, "ids", f"{len(request.ids)} ids for one text query")
 
 
 def _validated(model: type[ECGOptions], data: bytes | dict, strict: bool) -> ECGOptions:

@@ -1,0 +1,51 @@
+"""The JSON bodies the Serve app answers with, one function per route."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.report_generation import DraftedReport
+from pipelines.serving.requests import ScoreOptions
+from pipelines.serving.scorer import Scorer
+
+
+def scores_body(
+    scorer: Scorer, options: ScoreOptions, ids: list[str], embeddings: np.ndarray, flags: list[list[str]]
+) -> dict:
+    """/v1/score: each ECG's score per label (embeddings [n, D] against the request's labels or the task's),
+    its `top_k` labels best first, and its flags."""
+    labels = list(dict.fromkeys(options.labels)) if options.labels else list(scorer.default_labels)
+    scores = scorer.scores(embeddings, labels)  # [n, C]
+    names = scorer.label_names(labels)
+    results = []
+    for ecg_id, row, row_flags in zip(ids, scores, flags):
+        top = np.argsort(-row)[: options.top_k]
+        results.append(
+            {
+                "id": ecg_id,
+                "scores": dict(zip(labels, row.tolist())),
+                "top": [{"label": labels[i], "name": names[i], "score": float(row[i])} for i in top],
+                "flags": row_flags,
+            }
+        )
+    return {"labels": labels, "names": names, "results": results}
+
+
+def reports_body(ids: list[str], drafts: list[DraftedReport], flags: list[list[str]]) -> dict:
+    """/v1/report: each ECG's draft, the sum of its tokens' log-probabilities, its token count and flags."""
+    return {
+        "results": [
+            {"id": ecg_id, "report": draft.text, "logprob": draft.logprob, "tokens": draft.tokens, "flags": row_flags}
+            for ecg_id, draft, row_flags in zip(ids, drafts, flags)
+        ]
+    }
+
+
+def search_body(ids: list[str], hits: list[list[tuple[str, float]]]) -> dict:
+    """/v1/search: per query, its nearest ECGs of the index (ecg_id, cosine score), best first."""
+    return {
+        "results": [
+            {"id": query_id, "hits": [{"ecg_id": ecg_id, "score": float(score)} for ecg_id, score in row]}
+            for query_id, row in zip(ids, hits)
+        ]
+    }
