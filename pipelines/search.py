@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from models.model import export_fingerprint
 from pipelines.data.rejection import RecordRejected
@@ -104,8 +103,7 @@ def query_vector(index: EmbeddingIndex, model: str | None, text: str | None, ecg
     scorer = Scorer(model)
     index.check_model(export_fingerprint(scorer.export_dir))
     if text is not None:
-        with torch.no_grad():
-            return scorer.model.encode_reports([text]).cpu().numpy()
+        return scorer.embed_text([text])
     try:
         prepared = scorer.prepare(read_record(ecg))
     except RecordRejected as error:
