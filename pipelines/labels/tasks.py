@@ -1,13 +1,14 @@
 """Classification tasks over shard rows: their classes, and how a row's raw label codes map onto them.
 
-    task = load_task("ptbxl-super")          # or "ptbxl-sub", "ptbxl-form", "ptbxl-rhythm", "cinc", "synthetic"
+    task = load_task("ptbxl-super")          # or any other of TASK_NAMES
     task = load_task("my_classes.csv")       # a user's class table
     targets = task.targets(label_lists)      # bool [n, C] in task.codes order
 
 PTB-XL tasks follow Strodthoff et al. (2021): superclass (5) and subclass (23) from the diagnostic
 statements' `diagnostic_class` / `diagnostic_subclass`, form (19) and rhythm (12) from their flags,
 read from the shipped `tables/ptbxl.json` (PTB-XL's `scp_statements.csv`, CC-BY 4.0). `cinc` covers
-the scored SNOMED-CT classes of the CinC 2020/2021 challenges (`tables/cinc.json`).
+the scored SNOMED-CT classes of the CinC 2020/2021 challenges (`tables/cinc.json`). `concepts` scores the
+concepts of `tables/concepts.json` from SCP codes, SNOMED codes or MIMIC report phrases alike.
 
 A user's class table is JSON, `{"classes": {code: {"name": …, "description": …}}, "label_map":
 {raw code: [class codes]}, "templates": [...]}` (label_map and templates optional; a class is always
@@ -28,9 +29,10 @@ import numpy as np
 
 from models.zero_shot import ZeroShotClass, class_prompts
 from pipelines.labels.classes import LABEL_TABLE, REPORT_TEMPLATES
+from pipelines.labels.concepts import concepts
 from pipelines.labels.table_files import TABLES_DIR, read_json, read_table
 
-TASK_NAMES = ("ptbxl-super", "ptbxl-sub", "ptbxl-form", "ptbxl-rhythm", "cinc", "synthetic")
+TASK_NAMES = ("ptbxl-super", "ptbxl-sub", "ptbxl-form", "ptbxl-rhythm", "cinc", "synthetic", "concepts")
 PUBLISHED = {
     "ptbxl-super": {"MERL": 74.2, "C-MELT": 76.2},
     "ptbxl-sub": {"MERL": 75.7, "C-MELT": 75.9},
@@ -120,6 +122,8 @@ def _builtin(name: str) -> Task:
         return Task("synthetic", dict(LABEL_TABLE), {code: (code,) for code in LABEL_TABLE})
     if name == "cinc":
         return _from_json(TABLES_DIR / "cinc.json", name="cinc", published=PUBLISHED["cinc"])
+    if name == "concepts":
+        return _concepts_task()
     table = read_table("ptbxl")
     statements = table["statements"]
     if name in ("ptbxl-super", "ptbxl-sub"):
@@ -144,6 +148,27 @@ def _builtin(name: str) -> Task:
         if s[flag]
     }
     return Task(name, classes, {code: (code,) for code in classes}, published=PUBLISHED[name])
+
+
+def _concepts_task() -> Task:
+    """Classes: the concepts of `tables/concepts.json` (code = name); every SCP code, SNOMED code and MIMIC
+    phrase the table lists maps to its concept(s), so shards labelled in any of those systems score alike.
+    A concept's MIMIC phrases join its prompts (as PTB-XL statement descriptions do for ptbxl-super)."""
+    table = concepts()
+    classes = {name: ZeroShotClass(name, concept.description) for name, concept in table.items()}
+    raw_map: dict[str, list[str]] = {}
+    for concept in table.values():
+        for codes in concept.codes.values():
+            for code in codes:
+                raw_map.setdefault(code, []).append(concept.name)
+    prompts = {
+        name: (
+            *class_prompts(classes[name], REPORT_TEMPLATES),
+            *(t.format(phrase) for phrase in concept.codes["mimic"] if phrase != name for t in REPORT_TEMPLATES),
+        )
+        for name, concept in table.items()
+    }
+    return Task("concepts", classes, _label_map(classes, raw_map, TABLES_DIR / "concepts.json"), prompts=prompts)
 
 
 def _from_json(path: Path, name: str | None = None, published: dict[str, float] | None = None) -> Task:
