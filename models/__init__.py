@@ -8,5 +8,6 @@ config.py (typed dataclasses, configs/*.json) · ecg_tower.py · text_tower.py �
 losses.py + distributed.py (contrastive losses with cross-rank gather) · objectives.py (MELP, METS),
 caption_decoder.py and beat_alignment.py (MELP's token and beat levels), report_generation.py (drafting
 reports with the caption decoder through transformers' generate) · cmelt.py + n3s.py (C-MELT,
-its N3S negatives and report bank) · masked_language_modeling.py · model.py · factory.py · zero_shot.py. Nothing is imported here, so `import models.config` stays light.
+its N3S negatives and report bank) · masked_language_modeling.py · model.py · factory.py · zero_shot.py ·
+evidence.py (captum's integrated gradients of a zero-shot score: lead ranking and top time segments). Nothing is imported here, so `import models.config` stays light.
 """
