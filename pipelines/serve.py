@@ -6,7 +6,8 @@ ECGs of concurrent requests batched with `@serve.batch`).
     python -m pipelines.serve --model runs/sweep/best --index runs/scores/index     # also answers /v1/search
     serve run cluster/serve.yaml
 
-Routes: `POST /v1/score` (per-label scores and the top labels per ECG), `POST /v1/embed`, `POST /v1/report`
+Routes: `POST /v1/score` (per-label scores and the top labels per ECG; with `explain`, the leads and time
+segments behind up to 5 labels' scores, by integrated gradients), `POST /v1/embed`, `POST /v1/report`
 (a drafted report per ECG, from a MELP export's caption decoder), `POST /v1/search` (the nearest ECGs of the
 index given at start, for a sentence or for ECGs), `GET /healthz` (readiness from a forward run at start,
 the model's identity, whether it drafts, the index), the OpenAPI page at `/docs`. Bodies are JSON or a
@@ -31,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from models.evidence import Evidence
 from models.model import export_fingerprint
 from models.report_generation import DraftedReport, DraftOptions
 from pipelines.data.preprocess import PreparedSignal
@@ -43,6 +45,8 @@ from pipelines.serving.requests import (
     MAX_BEAMS,
     MAX_DURATION_FACTOR,
     MAX_ECGS,
+    MAX_EXPLAIN_LABELS,
+    MAX_EXPLAINED_ECGS,
     MAX_LABEL_CHARS,
     MAX_LABELS,
     ECGOptions,
@@ -54,12 +58,13 @@ from pipelines.serving.requests import (
     ScoreRequest,
     SearchOptions,
     SearchRequest,
+    check_explain,
     check_response_size,
     parse,
     recordings,
     validation_problem,
 )
-from pipelines.serving.responses import reports_body, scores_body, search_body
+from pipelines.serving.responses import reports_body, score_labels, scores_body, search_body
 from pipelines.serving.scorer import DraftRefused, Scorer, check_draft
 from pipelines.storage import Location, cached_copy
 
@@ -69,7 +74,8 @@ BOUNDS = (
     f"Bounds: bodies up to {MAX_BODY_BYTES // 2**20} MiB (413), sent within {BODY_TIMEOUT_S:g} s (408, "
     f"connection closed); up to {MAX_ECGS} ECGs per request, each at most {MAX_DURATION_FACTOR} × the model's "
     f"window long (60 s for 10 s windows; only the first window is scored; 413); up to {MAX_LABELS} labels "
-    f"of up to {MAX_LABEL_CHARS} characters; drafts of up to the model's text length - 1 tokens with up to "
+    f"of up to {MAX_LABEL_CHARS} characters, up to {MAX_EXPLAIN_LABELS} of them explained (labels, or top_k "
+    f"without labels; 422) for up to {MAX_EXPLAINED_ECGS} ECGs (413); drafts of up to the model's text length - 1 tokens with up to "
     f"{MAX_BEAMS} beams (422 from an export without a caption decoder); search queries of 1-{MAX_QUERY_CHARS} "
     f"characters, k of 1-{MAX_K} (409 when serve was started without --index). Types are strict (422 naming "
     "the field)."
@@ -185,6 +191,7 @@ class ScoringService:
         listed = recordings(options, array, MAX_ECGS, self.scorer.preprocess_config)
         if isinstance(options, ScoreOptions):
             check_response_size(len(listed), len(options.labels or self.scorer.default_labels))
+            check_explain(options, len(listed))
         prepared = []
         for index, recording in enumerate(listed):
             try:
@@ -201,7 +208,25 @@ class ScoringService:
     async def score(self, request: Request) -> JSONResponse:
         options, ids, prepared = await self._read(request, ScoreRequest)
         embeddings = await self._embedded(prepared)
-        return await _answer(scores_body, self.scorer, options, ids, embeddings, [p.flags for p in prepared])
+        evidence = await asyncio.to_thread(self._explain, options, prepared, embeddings) if options.explain else None
+        flags = [p.flags for p in prepared]
+        return await _answer(scores_body, self.scorer, options, ids, embeddings, flags, evidence)
+
+    def _explain(
+        self, options: ScoreOptions, prepared: list[PreparedSignal], embeddings: np.ndarray
+    ) -> list[list[tuple[str, Evidence]]]:
+        """Per ECG, (label, evidence) for each of the request's labels or, without labels, its `top_k` best
+        (as `scores_body` ranks them), each ECG explained alone."""
+        labels = score_labels(self.scorer, options)
+        if options.labels:
+            chosen = [labels] * len(prepared)
+        else:
+            scores = self.scorer.scores(embeddings, labels)  # [n, C]
+            chosen = [[labels[i] for i in np.argsort(-row)[: options.top_k]] for row in scores]
+        return [
+            list(zip(ecg_labels, self.scorer.explain(p.signal[None], p.lead_mask[None], ecg_labels)[0]))
+            for p, ecg_labels in zip(prepared, chosen)
+        ]
 
     @app.post("/v1/embed", openapi_extra=body_doc(ECGRequest, ECGOptions))
     async def embed(self, request: Request) -> JSONResponse:

@@ -3,7 +3,7 @@
 Two bodies carry the same request:
 - JSON (`application/json`): `ecg` is one ECG as a leads × samples nested list, several as
   n × leads × samples, or `{"b64": …, "shape": [...], "dtype": "float32"}` (little-endian bytes, base64),
-  beside `fs`, `leads`, `ids` (and for scoring `labels`, `top_k`; for drafting `max_tokens`, `num_beams`;
+  beside `fs`, `leads`, `ids` (and for scoring `labels`, `top_k`, `explain`; for drafting `max_tokens`, `num_beams`;
   for searching `k`, and `text` in place of `ecg`). Types are strict: `"fs": "500"`,
   `true` or numbers as strings are refused, as are unknown fields.
 - `.npy` (`application/octet-stream`): the array as `numpy.save` writes it (float32, float64 or int16;
@@ -37,6 +37,10 @@ MAX_DURATION_FACTOR = 6
 """An ECG may last at most this many times the model's window (`seconds` of its preprocessing: 60 s for
 10 s windows); only the first window is scored."""
 MAX_LABELS, MAX_LABEL_CHARS = 256, 512
+MAX_EXPLAIN_LABELS = 5
+"""Labels explained per ECG (each costs an integrated-gradients pass of 32 forwards and backwards)."""
+MAX_EXPLAINED_ECGS = 16
+"""ECGs per request with explain (16 × 5 labels: ~6 s of CPU for the tiny config, more for larger ones)."""
 MAX_SCORES = 2**14
 """ECGs × labels in one response."""
 MAX_ID_CHARS = 256
@@ -85,6 +89,11 @@ class ScoreOptions(ECGOptions):
         f"{MAX_LABEL_CHARS} characters each); absent or null: every class of the task; [] is refused",
     )
     top_k: int = Field(3, ge=1, le=MAX_LABELS, description="labels listed per ECG, best first")
+    explain: bool = Field(
+        False,
+        description=f"evidence per ECG (leads and time segments, by integrated gradients) for each of `labels` "
+        f"or, without labels, for its `top_k` best; at most {MAX_EXPLAIN_LABELS} labels explained",
+    )
 
 
 class ECGRequest(ECGOptions):
@@ -203,6 +212,25 @@ def check_response_size(n_ecgs: int, n_labels: int) -> None:
     if n_ecgs * n_labels > MAX_SCORES:
         raise RequestProblem(
             413, "labels", f"{n_ecgs} ECGs × {n_labels} labels; the limit is {MAX_SCORES:,} scores per request"
+        )
+
+
+def check_explain(options: ScoreOptions, n_ecgs: int) -> None:
+    """With `explain`, at most `MAX_EXPLAIN_LABELS` distinct labels, or without labels a `top_k` that small,
+    and at most `MAX_EXPLAINED_ECGS` ECGs (each explanation costs ~50 forwards)."""
+    if not options.explain:
+        return
+    if n_ecgs > MAX_EXPLAINED_ECGS:
+        raise RequestProblem(
+            413, "ecg", f"{n_ecgs} ECGs to explain in one request; the limit with explain is {MAX_EXPLAINED_ECGS}"
+        )
+    if options.labels and len(set(options.labels)) > MAX_EXPLAIN_LABELS:
+        raise RequestProblem(
+            422, "labels", f"{len(set(options.labels))} labels to explain; the limit is {MAX_EXPLAIN_LABELS}"
+        )
+    if not options.labels and options.top_k > MAX_EXPLAIN_LABELS:
+        raise RequestProblem(
+            422, "top_k", f"{options.top_k} best labels to explain; the limit is {MAX_EXPLAIN_LABELS} (labels)"
         )
 
 

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.evidence import Evidence
 from models.report_generation import DraftedReport
+from pipelines.data.leads import STANDARD_LEADS
 from pipelines.serving.requests import ScoreOptions
 from pipelines.serving.scorer import Scorer
 
 
+def score_labels(scorer: Scorer, options: ScoreOptions) -> list[str]:
+    """The request's labels (repeats dropped), or every class of the served task."""
+    return list(dict.fromkeys(options.labels)) if options.labels else list(scorer.default_labels)
+
+
 def scores_body(
-    scorer: Scorer, options: ScoreOptions, ids: list[str], embeddings: np.ndarray, flags: list[list[str]]
+    scorer: Scorer,
+    options: ScoreOptions,
+    ids: list[str],
+    embeddings: np.ndarray,
+    flags: list[list[str]],
+    evidence: list[list[tuple[str, Evidence]]] | None = None,
 ) -> dict:
     """/v1/score: each ECG's score per label (embeddings [n, D] against the request's labels or the task's),
-    its `top_k` labels best first, and its flags."""
-    labels = list(dict.fromkeys(options.labels)) if options.labels else list(scorer.default_labels)
+    its `top_k` labels best first, its flags, and with `evidence` (per ECG, (label, Evidence) per explained
+    label) an "evidence" list."""
+    labels = score_labels(scorer, options)
     scores = scorer.scores(embeddings, labels)  # [n, C]
     names = scorer.label_names(labels)
     results = []
@@ -28,7 +41,23 @@ def scores_body(
                 "flags": row_flags,
             }
         )
+    for result, explained in zip(results, evidence or []):
+        result["evidence"] = [evidence_body(label, item) for label, item in explained]
     return {"labels": labels, "names": names, "results": results}
+
+
+def evidence_body(label: str, evidence: Evidence) -> dict:
+    """One label's evidence: its score, the leads by attribution (names, best first; missing leads last) and
+    the top segments (lead name, start and end in seconds from the start of the model's window, weight)."""
+    return {
+        "label": label,
+        "score": evidence.score,
+        "leads": [STANDARD_LEADS[lead] for lead in evidence.lead_ranking],
+        "segments": [
+            {"lead": STANDARD_LEADS[s.lead], "start_s": s.start_s, "end_s": s.end_s, "weight": s.weight}
+            for s in evidence.top_segments
+        ],
+    }
 
 
 def reports_body(ids: list[str], drafts: list[DraftedReport], flags: list[list[str]]) -> dict:

@@ -8,6 +8,7 @@ app and batch scoring.
     scores = scorer.scores(embeddings, ["AFIB", "sinus rhythm with a long pr interval"])    # [n, C]
     drafts = scorer.draft(signals, lead_masks, DraftOptions(num_beams=4))   # a DraftedReport per ECG
     queries = scorer.embed_text(["atrial fibrillation"])                     # [n, D], as reports are embedded
+    evidence = scorer.explain(signals, lead_masks, ["AFIB"])   # per ECG, an Evidence per label (integrated gradients)
 
 Labels are class codes of the scorer's task (prompted as evaluation prompts them) or any other text,
 taken as its own prompt. The text side of a label set is computed once and cached.
@@ -22,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from models.evidence import Evidence, explain_score
 from models.model import ECGTextModel
 from models.report_generation import DraftedReport, DraftOptions, NoCaptionDecoder, caption_decoder_of
 from models.zero_shot import classifier_from_prompts, zero_shot_scores
@@ -114,6 +116,17 @@ class Scorer:
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Texts → L2-normalised embeddings [n, D], as reports (and zero-shot prompts) are embedded."""
         return self.model.encode_reports(list(texts)).float().cpu().numpy()
+
+    def explain(self, signals: np.ndarray, lead_masks: np.ndarray, labels: Sequence[str]) -> list[list[Evidence]]:
+        """signals [n, 12, T], lead_masks [n, 12] bool → per ECG, an `Evidence` per label in order (integrated
+        gradients of its score, `models.evidence.explain_score`; segment times at the preprocessing's rate)."""
+        class_vectors = self.classifier(tuple(labels)).T.to(self.device)  # [C, D]
+        signal = torch.from_numpy(np.asarray(signals, dtype=np.float32)).to(self.device)
+        lead_mask = torch.from_numpy(np.asarray(lead_masks, dtype=bool)).to(self.device)
+        evidence = explain_score(
+            self.model, signal, lead_mask, class_vectors, seconds_per_sample=1 / self.preprocess_config.fs
+        )
+        return [evidence[b * len(labels) : (b + 1) * len(labels)] for b in range(len(signal))]
 
     def label_names(self, labels: Sequence[str]) -> list[str]:
         """A readable name per label: the class name of a task code, the text itself otherwise."""
