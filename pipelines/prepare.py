@@ -37,6 +37,7 @@ from pipelines.data.rejection_hint import dominant_rejection_hint
 from pipelines.data.shard_sink import ShardSink
 from pipelines.data.sources import Listing, SourceOptions, archive_uri_problem, list_source
 from pipelines.data.trained_with import MANIFEST_FILE
+from pipelines.labels.concept_reports import statements_of
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import OutputRefused, check_output, mark, written_beside
 from pipelines.progress import ProgressLine
@@ -64,6 +65,8 @@ def prepare(
         listing = list_source("ptbxl", options)
     else:
         listing = list_source(source, options)
+    if options.report == "labels" and options.label_statements is not None:
+        records = replace(records, label_statements=options.label_statements)
     log.info(
         "prepare: listed %s records from %s (%s rejected while listing)",
         f"{listing.records_in:,}",
@@ -84,7 +87,7 @@ def prepare(
             "input": str(options.input),
             "report": options.report,
             "preprocessing": {**preprocess.to_dict(), "leads": list(STANDARD_LEADS)},
-            "record_rules": asdict(records),
+            "record_rules": {k: v for k, v in asdict(records).items() if k != "label_statements"},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
         started=started,
@@ -150,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                         help="zero-phase band-pass in Hz, e.g. 0.5 40")
     parser.add_argument("--report", choices=("raw", "labels"), default=None,
-                        help="report text: the archive's own, or English from label descriptions "
-                             "(default: labels for ptbxl, raw otherwise)")
+                        help="report text: the archive's own, or English from label descriptions (wfdb: the concept "
+                             "table's names of the #Dx SNOMED codes) (default: labels for ptbxl, raw otherwise)")
     parser.add_argument("--min-report-words", type=int, default=4,
                         help="reject records whose cleaned report has fewer words; 0 keeps report-less records")
     parser.add_argument("--long-records", choices=("crop", "windows"), default="crop",
@@ -206,7 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
             input_dir = generate_synthetic(args.input, raw_dir)
         else:
             input_dir = Path(args.input).absolute()
-        options = SourceOptions(input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed)
+        options = SourceOptions(
+            input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed,
+            label_statements=statements_of("snomed") if args.source == "wfdb" and args.report == "labels" else None,
+        )
         try:
             manifest = prepare(
                 args.source,

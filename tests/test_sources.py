@@ -111,7 +111,7 @@ def test_wfdb_folder_reads_cinc_comments_any_rate_and_lead_set(tmp_path):
     second, prepared = prepare_record(listing.records.iloc[1].to_dict(), PreprocessConfig(), RecordOptions())[0]
     assert prepared.lead_mask.tolist() == [True, True] + [False] * 10
     assert prepared.flags == ["ignored non-standard leads: ABP"] and prepared.signal.shape == (12, 5000)
-    with pytest.raises(ValueError, match="--report labels needs a label table"):
+    with pytest.raises(ValueError, match="--report labels needs label statements"):
         list_source("wfdb", SourceOptions(input=tmp_path, report="labels"))
 
 

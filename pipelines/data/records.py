@@ -7,7 +7,8 @@ which the shard sink routes to `rejected.parquet`. Nothing is dropped silently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,8 @@ class RecordOptions:
     """Reports with fewer words are rejected (MERL's rule); 0 keeps records without a report."""
     seed: int = 0
     """Seed of splits decided from headers (WFDB folders)."""
+    label_statements: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
+    """Code → statement: reports of header-labelled records (WFDB folders) built from their codes."""
 
 
 WINDOW_MARK = "#w"
@@ -61,7 +64,7 @@ def prepare_record(row: dict, preprocess: PreprocessConfig, options: RecordOptio
             f"{expected_fs:g} Hz records"
         )
     if row["report"] is None:
-        row = fill_from_header(row, recording.comments, options.seed)
+        row = fill_from_header(row, recording.comments, options.seed, options.label_statements)
         row["report"] = _checked_report(row["report"], options)
     windows = preprocess_windows(recording, preprocess)
     if len(windows) == 1:

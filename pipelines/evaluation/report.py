@@ -2,7 +2,8 @@
 
     write_report(results, curves, "runs/tiny/eval")   # report.md, roc.png, per_class_auroc.png
 
-`results` (what metrics.json holds): task, split, rows, codes, class_names, absent_classes,
+`results` (what metrics.json holds): task, split, rows, codes, class_names, absent_classes, mapped_from
+({class: the split's raw label codes that map to it}),
 published, baselines {name: {zero_shot | linear_probe: …}}, and per mode run `zero_shot`
 {macro_auroc, per_class_auroc}, `linear_probe` {"1%" | "10%" | "100%": {train_rows, macro_auroc_mean,
 macro_auroc_std, per_class_auroc, …}}, `finetune` {macro_auroc, per_class_auroc, epochs, …}, `report`
@@ -67,10 +68,24 @@ def _auroc_sections(results: dict, curves: dict, output: Path) -> list[str]:
     if roc_method is not None:
         lines += ["", f"ROC curves of the {roc_method} model:", "", f"![ROC curves]({ROC_FILE})"]
     lines += _linear_probe_section(results)
-    if results["absent_classes"]:
-        lines += ["", "## Classes without an AUROC on this split", "", "| code | reason |", "| --- | --- |"]
-        lines += [f"| {code} | {reason} |" for code, reason in results["absent_classes"].items()]
+    lines += _mapped_section(results)
     return lines + _published_section(results)
+
+
+def _mapped_section(results: dict) -> list[str]:
+    """The split's raw label codes behind each class with an AUROC, and the classes without one (and why)."""
+    mapped = results.get("mapped_from", {})
+
+    def codes_of(code: str) -> str:
+        return ", ".join(mapped.get(code, [])) or "none"
+
+    lines = ["", "## Mapped classes", "", "| code | the split's labels mapped to it |", "| --- | --- |"]
+    lines += [f"| {code} | {codes_of(code)} |" for code in results["codes"]]
+    if results["absent_classes"]:
+        lines += ["", "## Classes without an AUROC on this split", "", "| code | reason | mapped from |",
+                  "| --- | --- | --- |"]
+        lines += [f"| {code} | {reason} | {codes_of(code)} |" for code, reason in results["absent_classes"].items()]
+    return lines
 
 
 def _headline_rows(results: dict) -> list[tuple[str, str]]:

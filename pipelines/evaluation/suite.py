@@ -69,6 +69,12 @@ def evaluate_export(
         task = task.with_prompts(prompts)
     test_x, test_labels = predict_split(model.encode_ecg, data, split)
     all_targets = task.targets(test_labels)  # [n, C_task]
+    if not all_targets.any():
+        seen = sorted({label for labels in test_labels for label in labels})
+        raise ValueError(
+            f"no label of the {split} split maps to a class of task {task.name}; labels seen: "
+            f"{', '.join(seen[:20]) or 'none'}{f' (and {len(seen) - 20} more)' if len(seen) > 20 else ''}"
+        )
     present = [i for i in range(len(task.codes)) if 0 < all_targets[:, i].sum() < len(all_targets)]
     codes = [task.codes[i] for i in present]
     targets = all_targets[:, present]
@@ -82,6 +88,7 @@ def evaluate_export(
         "codes": codes,
         "class_names": {code: task.classes[code].name for code in codes},
         "absent_classes": _absent(task, all_targets),
+        "mapped_from": _mapped_from(task, test_labels),
         "published": task.published,
         "baselines": {},
     }
@@ -168,6 +175,15 @@ def _absent(task: Task, targets: np.ndarray) -> dict[str, str]:
         elif positives == len(targets):
             absent[code] = "no negative in the split"
     return absent
+
+
+def _mapped_from(task: Task, label_lists: list[list[str]]) -> dict[str, list[str]]:
+    """Task class → the raw label codes of this split that map to it (sorted), for the classes any code maps to."""
+    mapped: dict[str, set[str]] = {}
+    for label in {label for labels in label_lists for label in labels}:
+        for code in task.label_map.get(label, ()):
+            mapped.setdefault(code, set()).add(label)
+    return {code: sorted(mapped[code]) for code in task.codes if code in mapped}
 
 
 def _random_like(model_dir: str | Path) -> ECGTextModel:

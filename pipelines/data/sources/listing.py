@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,9 @@ class SourceOptions:
     """Seed of the hashed patient splits (MIMIC-IV-ECG, WFDB folders)."""
     source_name: str | None = None
     """The `source` column and ecg_id prefix; default per source (ptbxl, mimic-iv-ecg, wfdb)."""
+    label_statements: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
+    """Label code → English statement, for `report="labels"` where the archive has no label table (WFDB
+    folders: the prepare CLI passes the concept table's SNOMED statements)."""
 
 
 @dataclass
