@@ -135,7 +135,7 @@ def generate_reports(
     `options.seed` (the search runs under its own forked RNG)."""
     caption = caption_decoder_of(model)
     tokenizer = model.text.tokenizer
-    max_tokens = _max_tokens(options, model.config.text.max_length)
+    max_tokens = _max_tokens(options, model)
     device = next(model.parameters()).device
     signal = torch.as_tensor(signal, device=device)
     if signal.shape[0] == 0:
@@ -174,13 +174,19 @@ def _joined_hyphens(text: str) -> str:
     return _SPACED_HYPHEN.sub("-", text)
 
 
-def _max_tokens(options: DraftOptions, max_length: int) -> int:
+def draft_limit(model: ECGTextModel) -> int:
+    """The most tokens a draft may hold: the caption decoder's positions cover the text tower's max_length,
+    and a draft starts after [CLS]."""
+    return model.config.text.max_length - 1
+
+
+def _max_tokens(options: DraftOptions, model: ECGTextModel) -> int:
     """options.max_tokens, or its default; ValueError when the decoder's positions cannot reach it."""
-    limit = max_length - 1
+    limit = draft_limit(model)
     if options.max_tokens > limit:
         raise ValueError(
             f"DraftOptions.max_tokens {options.max_tokens} exceeds what the caption decoder was trained for: "
-            f"{limit} (the text tower's max_length {max_length} - 1)"
+            f"{limit} (the text tower's max_length {limit + 1} - 1)"
         )
     return options.max_tokens or limit
 

@@ -25,7 +25,7 @@ import torch
 
 from models.evidence import Evidence, explain_score
 from models.model import ECGTextModel
-from models.report_generation import DraftedReport, DraftOptions, NoCaptionDecoder, caption_decoder_of
+from models.report_generation import DraftedReport, DraftOptions, NoCaptionDecoder, caption_decoder_of, draft_limit
 from models.zero_shot import classifier_from_prompts, zero_shot_scores
 from pipelines.data.preprocess import PreparedSignal, PreprocessConfig, preprocess
 from pipelines.data.trained_with import TrainedWith
@@ -51,7 +51,7 @@ def check_draft(model: ECGTextModel, options: DraftOptions) -> None:
         caption_decoder_of(model)
     except NoCaptionDecoder as missing:
         raise DraftRefused("model", str(missing)) from None
-    limit = model.config.text.max_length - 1
+    limit = draft_limit(model)
     if options.max_tokens > limit:
         raise DraftRefused("max_tokens", f"{options.max_tokens} is over this model's limit of {limit} tokens")
 
