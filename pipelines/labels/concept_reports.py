@@ -6,16 +6,10 @@ no label table of their own (CinC/CPSC WFDB folders: SNOMED CT codes in `#Dx:`).
 
 from __future__ import annotations
 
-from pipelines.labels.concepts import SYSTEMS, concepts
+from pipelines.labels.concepts import concept_names_by_code
 
 
 def statements_of(system: str) -> dict[str, str]:
     """Code of `system` → its English statement: the name of the concept it maps to (the names joined with ". "
     for a code the table lists as shared by several). Codes not in the table are absent."""
-    if system not in SYSTEMS:
-        raise ValueError(f"unknown label system {system!r}: use one of {', '.join(SYSTEMS)}")
-    names: dict[str, list[str]] = {}
-    for concept in concepts().values():
-        for code in concept.codes[system]:
-            names.setdefault(code, []).append(concept.name)
-    return {code: ". ".join(found) for code, found in names.items()}
+    return {code: ". ".join(names) for code, names in concept_names_by_code(system).items()}

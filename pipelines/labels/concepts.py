@@ -46,7 +46,7 @@ def concepts() -> dict[str, Concept]:
 
 def concepts_of(system: str, code: str) -> tuple[Concept, ...]:
     """The concepts a system's code names (one, or several for a code the table lists as shared)."""
-    names = _index(system).get(code)
+    names = concept_names_by_code(system).get(code)
     if names is None:
         raise ValueError(f"unknown {system} code {code!r}: no concept in {CONCEPTS_FILE.name} maps it")
     return tuple(concepts()[name] for name in names)
@@ -71,7 +71,9 @@ def concepts_named(names: Iterable[str]) -> list[Concept]:
 
 
 @cache
-def _index(system: str) -> dict[str, tuple[str, ...]]:
+def concept_names_by_code(system: str) -> dict[str, tuple[str, ...]]:
+    """Every code of `system` in the table → the names of the concepts it maps to (one, or several for a
+    shared code), in table order; ValueError naming an unknown system."""
     if system not in SYSTEMS:
         raise ValueError(f"unknown label system {system!r}: use one of {', '.join(SYSTEMS)}")
     index: dict[str, tuple[str, ...]] = {}

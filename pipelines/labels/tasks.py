@@ -29,7 +29,7 @@ import numpy as np
 
 from models.zero_shot import ZeroShotClass, class_prompts
 from pipelines.labels.classes import LABEL_TABLE, REPORT_TEMPLATES
-from pipelines.labels.concepts import concepts
+from pipelines.labels.concepts import SYSTEMS, concept_names_by_code, concepts
 from pipelines.labels.table_files import TABLES_DIR, read_json, read_table
 
 TASK_NAMES = ("ptbxl-super", "ptbxl-sub", "ptbxl-form", "ptbxl-rhythm", "cinc", "synthetic", "concepts")
@@ -157,10 +157,9 @@ def _concepts_task() -> Task:
     table = concepts()
     classes = {name: ZeroShotClass(name, concept.description) for name, concept in table.items()}
     raw_map: dict[str, list[str]] = {}
-    for concept in table.values():
-        for codes in concept.codes.values():
-            for code in codes:
-                raw_map.setdefault(code, []).append(concept.name)
+    for system in SYSTEMS:
+        for code, names in concept_names_by_code(system).items():
+            raw_map.setdefault(code, []).extend(names)
     prompts = {
         name: (
             *class_prompts(classes[name], REPORT_TEMPLATES),
