@@ -1,10 +1,13 @@
 """Evidence for a zero-shot score: captum's integrated gradients of cosine(encode_ecg(signal), class vector)
-against a flat-line (all zeros) baseline, summed into a lead ranking and the top time segments per lead.
+against a flat-line (all zeros) baseline, summed into a lead ranking and the top time segments per lead, beside
+the attention of the ECG tower's poolers over its time patches.
 
     evidence = explain_score(model.eval(), signal, lead_mask, classifier.T)   # one Evidence per ECG × class
 
 Masked leads are zeroed inside the ECG tower before anything reads them, so their gradient, and with it their
-attribution, is exactly zero; they rank last.
+attribution, is exactly zero; they rank last. The attention is the model's own routing, not an attribution:
+where the global query (whose summary the score is computed from) and, for MELP, the beat queries (trained
+against report sentences) read; it is the same for every class of an ECG.
 """
 
 from __future__ import annotations
@@ -49,6 +52,24 @@ class Evidence:
     """At most `top_segments` windows with positive weight, largest first."""
     delta: float
     """IG's convergence delta: sum(attribution) − (score − score(zeros))."""
+    pooler_attention: np.ndarray | None = None
+    """[N] the global pooler's attention over the N time patches (mean over heads, sums to 1)."""
+    beat_attention: np.ndarray | None = None
+    """[K, N] each beat query's attention; None where no loss trains the beat pooler (all but MELP)."""
+    patch_s: float = 0.0
+    """Seconds per time patch: patch n covers [n · patch_s, (n + 1) · patch_s)."""
+
+
+@dataclass(frozen=True, eq=False)
+class PoolerAttention:
+    """Where the ECG tower's learned queries read, per ECG of a batch."""
+
+    pooled: np.ndarray
+    """[B, N] the global query's weights over the N time patches."""
+    beats: np.ndarray | None
+    """[B, K, N] the beat queries' weights, or None where the objective does not train them."""
+    patch_s: float
+    """Seconds per patch."""
 
 
 def explain_score(
@@ -87,6 +108,7 @@ def explain_score(
 
     with torch.no_grad():
         scores = (model.encode_ecg(signal, lead_mask) @ class_vectors.T).cpu().numpy()  # [B, C]
+    attention = pooler_attention(model, signal, lead_mask, seconds_per_sample)
     per_class = []
     for class_vector in class_vectors:
         integrated = IntegratedGradients(lambda x, mask, v=class_vector: model.encode_ecg(x, mask) @ v)
@@ -111,10 +133,30 @@ def explain_score(
             lead_ranking=rank_leads(per_class[c][0][b], present[b]),
             top_segments=top_windows(per_class[c][0][b], window, seconds_per_sample, top_segments),
             delta=float(per_class[c][1][b]),
+            pooler_attention=attention.pooled[b],
+            beat_attention=None if attention.beats is None else attention.beats[b],
+            patch_s=attention.patch_s,
         )
         for b in range(signal.shape[0])
         for c in range(class_vectors.shape[0])
     ]
+
+
+@torch.no_grad()
+def pooler_attention(
+    model: ECGTextModel, signal: torch.Tensor, lead_mask: torch.Tensor, seconds_per_sample: float
+) -> PoolerAttention:
+    """The poolers' attention for signal [B, 12, T] and lead_mask [B, 12] bool (checked by the caller); the
+    beat queries' only where the objective trains them (`Objective.trains_beat_pooler`)."""
+    tower = model.ecg
+    tokens = tower.encode(tower.embed(signal, lead_mask))  # [B, N, W]
+    pooled = tower.global_pooler.attention(tokens)[:, 0]  # [B, N]
+    beats = tower.beat_pooler.attention(tokens) if model.objective.trains_beat_pooler else None  # [B, K, N]
+    return PoolerAttention(
+        pooled=pooled.float().cpu().numpy(),
+        beats=None if beats is None else beats.float().cpu().numpy(),
+        patch_s=tower.config.patch_size * seconds_per_sample,
+    )
 
 
 def rank_leads(attribution: np.ndarray, present: np.ndarray) -> tuple[int, ...]:

@@ -30,7 +30,18 @@ class AttentionalPooler(nn.Module):
         tokens: [B, N, W]. key_padding_mask: [B, N] bool, True where a token is padding and must be
         ignored (PyTorch's convention); every row needs at least one False. Returns [B, n_queries, W].
         """
+        pooled, _ = self._attend(tokens, key_padding_mask, need_weights=False)
+        return pooled  # [B, Q, W]
+
+    def attention(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Where each query looks: tokens [B, N, W] → weights [B, n_queries, N], averaged over heads, each
+        row summing to 1 (0 on padding)."""
+        _, weights = self._attend(tokens, key_padding_mask, need_weights=True)
+        return weights  # [B, Q, N]
+
+    def _attend(
+        self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         keys = self.ln_k(tokens)  # [B, N, W]
         queries = self.ln_q(self.query).unsqueeze(0).expand(tokens.shape[0], -1, -1)  # [B, Q, W]
-        pooled, _ = self.attn(queries, keys, keys, key_padding_mask=key_padding_mask, need_weights=False)
-        return pooled  # [B, Q, W]
+        return self.attn(queries, keys, keys, key_padding_mask=key_padding_mask, need_weights=need_weights)

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
 from models.config import load_config
 from models.ecg_tower import ECGOutput, ECGTower
@@ -199,3 +200,24 @@ def test_attentional_pooler_ignores_padding():
     changed = tokens.clone()
     changed[1, 3:] = 50.0
     assert torch.allclose(pooler(changed, padding), out)
+
+
+def test_attentional_pooler_attention_is_what_it_pools_with():
+    torch.manual_seed(0)
+    pooler = AttentionalPooler(width=16, n_queries=3, heads=2)
+    tokens = torch.randn(2, 5, 16)
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    weights = pooler.attention(tokens, padding)
+    assert weights.shape == (2, 3, 5)
+    assert torch.allclose(weights.sum(dim=-1), torch.ones(2, 3))
+    assert torch.all(weights[1, :, 3:] == 0)
+    # one head per query: the pooled vector is out_proj of the weighted sum of the value projections
+    single = AttentionalPooler(width=16, n_queries=3, heads=1)
+    values = nn.functional.linear(single.ln_k(tokens), *_value_projection(single.attn))  # [2, 5, 16]
+    expected = single.attn.out_proj(single.attention(tokens) @ values)
+    assert torch.allclose(single(tokens), expected, atol=1e-6)
+
+
+def _value_projection(attention: nn.MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    width = attention.embed_dim
+    return attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.evidence import explain_score, rank_leads, top_windows
+from models.evidence import explain_score, pooler_attention, rank_leads, top_windows
 from models.factory import create_model
 
 T = 5000
@@ -52,6 +52,21 @@ def test_one_evidence_per_ecg_and_class_with_bounded_shapes(evidence, batch):
             assert 0.0 <= segment.start_s < segment.end_s <= T * SECONDS_PER_SAMPLE
             assert segment.end_s - segment.start_s == pytest.approx(0.5)
     assert evidence[0].score == pytest.approx(1.0, abs=1e-5)  # class 0 is ECG 0's own embedding
+
+
+def test_pooler_attention_rides_along_per_ecg_and_beats_only_where_trained(model, evidence, batch):
+    signal, lead_mask, _ = batch
+    n_patches = T // model.config.ecg.patch_size
+    for e in evidence:
+        assert e.pooler_attention.shape == (n_patches,) and e.pooler_attention.sum() == pytest.approx(1.0, abs=1e-5)
+        assert e.beat_attention.shape == (model.config.ecg.n_beat_queries, n_patches)  # the tiny export is MELP
+        assert e.patch_s == pytest.approx(model.config.ecg.patch_size * SECONDS_PER_SAMPLE)
+    assert np.array_equal(evidence[0].pooler_attention, evidence[2].pooler_attention)  # one ECG, every class
+    assert not np.allclose(evidence[0].pooler_attention, evidence[3].pooler_attention)
+    torch.manual_seed(0)
+    mets = create_model("tiny", objective="mets")[0].eval()
+    attention = pooler_attention(mets, signal, lead_mask, SECONDS_PER_SAMPLE)
+    assert attention.beats is None and attention.pooled.shape == (2, n_patches)
 
 
 def test_attribution_is_complete_up_to_the_convergence_delta(model, evidence, batch):

@@ -8,6 +8,7 @@ terms. Each lives in one module of this package and registers itself:
         reads_signals = True               # False: runs never read the signal columns (text-only)
         unused_modules = ()                # model parts it never calls, frozen so no optimizer touches them
         freezes_text_tower = False         # True: the whole text tower is frozen (METS)
+        trains_beat_pooler = False         # True: a loss reads the beat pooler (MELP), so its attention is evidence
         sweep_space = {"objective.x": {"uniform": [0.1, 1.0]}}   # what tune.sweep searches by default
 
 Every module here is imported on the first lookup, so a new objective is one module in this folder and a
@@ -43,6 +44,8 @@ class Objective(nn.Module):
     unused_modules: ClassVar[tuple[str, ...]] = ()
     """Attributes of `ECGTextModel` (e.g. "ecg") this objective never calls."""
     freezes_text_tower: ClassVar[bool] = False
+    trains_beat_pooler: ClassVar[bool] = False
+    """True where a loss reads the ECG tower's beat-level summaries (MELP's beat alignment)."""
     sweep_space: ClassVar[dict[str, dict]] = {}
     """`section.field` → one distribution, in `tune.space`'s notation."""
 

@@ -57,6 +57,7 @@ class MelpObjective(Objective):
 
     name = "melp"
     config_class = MelpConfig
+    trains_beat_pooler = True
     sweep_space = {
         "objective.init_temperature": {"loguniform": [0.02, 0.2]},
         "objective.learn_temperature": {"choice": [True, False]},
