@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.evidence import explain_score, pooler_attention, rank_leads, top_windows
+from models.evidence import explain_score, flat_baseline, pooler_attention, rank_leads, top_windows
 from models.factory import create_model
 
 T = 5000
@@ -72,9 +72,9 @@ def test_pooler_attention_rides_along_per_ecg_and_beats_only_where_trained(model
 def test_attribution_is_complete_up_to_the_convergence_delta(model, evidence, batch):
     signal, lead_mask, class_vectors = batch
     with torch.no_grad():
-        at_zero = (model.encode_ecg(torch.zeros_like(signal), lead_mask) @ class_vectors.T).numpy()  # [2, 3]
+        at_baseline = (model.encode_ecg(flat_baseline(signal), lead_mask) @ class_vectors.T).numpy()  # [2, 3]
     for e in evidence:
-        gap = e.score - float(at_zero[e.ecg, e.label])
+        gap = e.score - float(at_baseline[e.ecg, e.label])
         assert float(e.attribution.sum(dtype=np.float64)) == pytest.approx(gap + e.delta, abs=1e-4)
         assert abs(e.delta) <= 0.05 * abs(gap) + 1e-3, "32 Gauss-Legendre steps should converge on the tiny model"
 

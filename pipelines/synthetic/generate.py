@@ -97,9 +97,13 @@ class BeatWaves:
 
     def qrs_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """QRS onset and offset [n] in s from the R peak, over the waves that are present."""
-        present = np.linalg.norm(self.vector[:, QRS], axis=-1) > 0
-        start = self.center[:, QRS] - BOUNDARY_SIGMAS * self.width[:, QRS]
-        end = self.center[:, QRS] + BOUNDARY_SIGMAS * self.width[:, QRS]
+        return self.bounds(QRS)
+
+    def bounds(self, waves: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Onset of the first and end of the last of the chosen waves that are present [n], in s from the R peak."""
+        present = np.linalg.norm(self.vector[:, waves], axis=-1) > 0
+        start = self.center[:, waves] - BOUNDARY_SIGMAS * self.width[:, waves]
+        end = self.center[:, waves] + BOUNDARY_SIGMAS * self.width[:, waves]
         return np.where(present, start, np.inf).min(axis=1), np.where(present, end, -np.inf).max(axis=1)
 
 
@@ -133,7 +137,9 @@ def generate_batch(n: int, rng: np.random.Generator, config: SyntheticConfig) ->
     one metadata dict per record: codes, report, heart_rate (bpm, from the beats in the record),
     r_peaks (sample index of every beat, PVCs included), pvc_peaks (those of PVCs), axis_deg,
     pr_interval_s (NaN in AF), qrs_onset_s / qrs_offset_s (from the R peak of a supraventricular
-    beat), st_deviation_mv (12 leads, the ST offset at J + 60 ms), static_noise and baseline_drift.
+    beat), pvc_onset_s / pvc_end_s (QRS onset to T end of the record's premature beat, from its peak;
+    drawn for every record, meaningful where pvc_peaks is not empty), st_deviation_mv (12 leads, the
+    ST offset at J + 60 ms), static_noise and baseline_drift.
     """
     fs, n_samples = config.fs, int(round(config.fs * config.seconds))
     conditions = sample_conditions(n, rng, config)
@@ -154,6 +160,7 @@ def generate_batch(n: int, rng: np.random.Generator, config: SyntheticConfig) ->
     measured[baseline_drift] += _baseline_wander(int(baseline_drift.sum()), time, config, rng)
     signals = twelve_leads(measured)
     onset, offset = sinus.waves.qrs_bounds()
+    pvc_onset, pvc_end = pvc.bounds(list(range(len(WAVES))))
     metadata = []
     for i in range(n):
         in_record = beats.used[i] & (beats.times[i] >= 0) & (beats.times[i] < config.seconds)
@@ -170,6 +177,8 @@ def generate_batch(n: int, rng: np.random.Generator, config: SyntheticConfig) ->
                 "pr_interval_s": float(sinus.pr_interval_s[i]),
                 "qrs_onset_s": float(onset[i]),
                 "qrs_offset_s": float(offset[i]),
+                "pvc_onset_s": float(pvc_onset[i]),
+                "pvc_end_s": float(pvc_end[i]),
                 "st_deviation_mv": st_deviation[i].tolist(),
                 "static_noise": bool(static_noise[i]),
                 "baseline_drift": bool(baseline_drift[i]),
