@@ -7,7 +7,8 @@ ECGs of concurrent requests batched with `@serve.batch`).
     serve run cluster/serve.yaml
 
 Routes: `POST /v1/score` (per-label scores and the top labels per ECG; with `explain`, the leads and time
-segments behind up to 5 labels' scores, by integrated gradients), `POST /v1/embed`, `POST /v1/report`
+segments behind up to 5 labels' scores, by integrated gradients), `POST /v1/explain` (one ECG, one label: the
+ECG on paper with that evidence drawn over it as a PNG, or `format=json`), `POST /v1/embed`, `POST /v1/report`
 (a drafted report per ECG, from a MELP export's caption decoder), `POST /v1/search` (the nearest ECGs of the
 index given at start, for a sentence or for ECGs), `GET /healthz` (readiness from a forward run at start,
 the model's identity, whether it drafts, the index), the OpenAPI page at `/docs`. Bodies are JSON or a
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from models.evidence import Evidence
@@ -51,6 +52,8 @@ from pipelines.serving.requests import (
     MAX_LABELS,
     ECGOptions,
     ECGRequest,
+    ExplainOptions,
+    ExplainRequest,
     ReportOptions,
     ReportRequest,
     RequestProblem,
@@ -64,7 +67,14 @@ from pipelines.serving.requests import (
     recordings,
     validation_problem,
 )
-from pipelines.serving.responses import reports_body, score_labels, scores_body, search_body
+from pipelines.serving.responses import (
+    explain_body,
+    explain_png,
+    reports_body,
+    score_labels,
+    scores_body,
+    search_body,
+)
 from pipelines.serving.scorer import DraftRefused, Scorer, check_draft
 from pipelines.storage import Location, cached_copy
 
@@ -75,7 +85,8 @@ BOUNDS = (
     f"connection closed); up to {MAX_ECGS} ECGs per request, each at most {MAX_DURATION_FACTOR} × the model's "
     f"window long (60 s for 10 s windows; only the first window is scored; 413); up to {MAX_LABELS} labels "
     f"of up to {MAX_LABEL_CHARS} characters, up to {MAX_EXPLAIN_LABELS} of them explained (labels, or top_k "
-    f"without labels; 422) for up to {MAX_EXPLAINED_ECGS} ECGs (413); drafts of up to the model's text length - 1 tokens with up to "
+    f"without labels; 422) for up to {MAX_EXPLAINED_ECGS} ECGs (413); /v1/explain: one ECG (413) and one label "
+    "(422); drafts of up to the model's text length - 1 tokens with up to "
     f"{MAX_BEAMS} beams (422 from an export without a caption decoder); search queries of 1-{MAX_QUERY_CHARS} "
     f"characters, k of 1-{MAX_K} (409 when serve was started without --index). Types are strict (422 naming "
     "the field)."
@@ -188,7 +199,8 @@ class ScoringService:
         options, array = parse(request_class, content_type, body, query)
         if array is None:  # a text search
             return options, options.ids or ["text-0"], []
-        listed = recordings(options, array, MAX_ECGS, self.scorer.preprocess_config)
+        max_ecgs = 1 if isinstance(options, ExplainOptions) else MAX_ECGS
+        listed = recordings(options, array, max_ecgs, self.scorer.preprocess_config)
         if isinstance(options, ScoreOptions):
             check_response_size(len(listed), len(options.labels or self.scorer.default_labels))
             check_explain(options, len(listed))
@@ -227,6 +239,28 @@ class ScoringService:
             list(zip(ecg_labels, self.scorer.explain(p.signal[None], p.lead_mask[None], ecg_labels)[0]))
             for p, ecg_labels in zip(prepared, chosen)
         ]
+
+    @app.post(
+        "/v1/explain",
+        openapi_extra=body_doc(ExplainRequest, ExplainOptions),
+        responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
+    async def explain(self, request: Request) -> Response:
+        """One ECG's evidence for one label (integrated gradients of its zero-shot score, `Scorer.explain`): by
+        default a PNG of the preprocessed ECG on paper (3 × 4 + lead-II rhythm strip) with the evidence over it
+        and the label and score in the title; `format=json` the evidence as /v1/score's `explain` gives it.
+        413 naming `ecg` for more than one ECG, 422 naming `labels` for more than one label."""
+        options, (ecg_id,), (prepared,) = await self._read(request, ExplainRequest)
+        (label,) = options.labels
+        (name,) = self.scorer.label_names([label])
+        evidence = await asyncio.to_thread(
+            lambda: self.scorer.explain(prepared.signal[None], prepared.lead_mask[None], [label])[0][0]
+        )
+        if options.format == "json":
+            return await _answer(explain_body, ecg_id, label, name, evidence, prepared.flags)
+        fs = self.scorer.preprocess_config.fs
+        png = await asyncio.to_thread(explain_png, ecg_id, label, name, evidence, prepared, fs)
+        return Response(png, media_type="image/png")
 
     @app.post("/v1/embed", openapi_extra=body_doc(ECGRequest, ECGOptions))
     async def embed(self, request: Request) -> JSONResponse:

@@ -1,6 +1,7 @@
-"""`POST /v1/score` with `explain` over real HTTP on 127.0.0.1: evidence per explained label equal to
-`explain_score` on the same preprocessed ECG (the one path, through `Scorer.explain`), missing leads ranked
-last without segments, the bound on explained labels, responses without `explain` unchanged, `.npy` bodies."""
+"""`POST /v1/score` with `explain` and `POST /v1/explain` over real HTTP on 127.0.0.1: evidence per explained
+label equal to `explain_score` on the same preprocessed ECG (the one path, through `Scorer.explain`), missing
+leads ranked last without segments, the bound on explained labels, responses without `explain` unchanged,
+`.npy` bodies; /v1/explain's PNG of one ECG on paper, its JSON form, its one-ECG, one-label bounds."""
 
 from __future__ import annotations
 
@@ -159,3 +160,40 @@ def test_explaining_more_ecgs_than_the_bound_is_413_naming_it(url, ecgs):
     response = requests.post(f"{url}/v1/score", json=body, headers=AUTH, timeout=120)
     assert response.status_code == 413
     assert response.json()["field"] == "ecg" and str(MAX_EXPLAINED_ECGS) in response.json()["detail"]
+
+
+def test_explain_draws_one_ecg_on_paper_or_answers_its_evidence_as_json(url, scorer, ecgs):
+    """/v1/explain: a PNG of the preprocessed ECG with the evidence (270 × 160 mm at 100 dpi: 3 × 4, rhythm strip,
+    attention strip), or with format=json the evidence `explain_score` gives, from a JSON or a `.npy` body."""
+    from matplotlib.image import imread
+
+    body = {"ecg": ecgs[0].tolist(), "labels": ["AFIB"], "ids": ["patient-7"]}
+    response = requests.post(f"{url}/v1/explain", json=body, headers=AUTH, timeout=300)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert imread(io.BytesIO(response.content), format="png").shape[:2] == (630, 1063)
+
+    buffer = io.BytesIO()
+    np.save(buffer, ecgs[0])
+    query = {"labels": "AFIB", "format": "json"}
+    headers = {**AUTH, "Content-Type": "application/octet-stream"}
+    as_json = requests.post(f"{url}/v1/explain", data=buffer.getvalue(), params=query, headers=headers, timeout=300)
+    assert as_json.status_code == 200, as_json.text
+    result = as_json.json()
+    assert (result["id"], result["name"], result["flags"]) == ("ecg-0", "atrial fibrillation", [])
+    assert_same_evidence([result], direct_evidence(scorer, ecgs[0], list(STANDARD_LEADS), ["AFIB"]))
+
+
+def test_explain_takes_one_ecg_and_one_label(url, ecgs):
+    def explain(body: dict) -> requests.Response:
+        return requests.post(f"{url}/v1/explain", json=body, headers=AUTH, timeout=60)
+
+    two_ecgs = explain({"ecg": ecgs.tolist(), "labels": ["AFIB"]})
+    assert two_ecgs.status_code == 413 and two_ecgs.json()["field"] == "ecg"
+    assert "the limit is 1" in two_ecgs.json()["detail"]
+    two_labels = explain({"ecg": ecgs[0].tolist(), "labels": ["AFIB", "SR"]})
+    assert two_labels.status_code == 422 and two_labels.json()["field"] == "labels"
+    assert "at most 1 item" in two_labels.json()["detail"]
+    assert explain({"ecg": ecgs[0].tolist()}).json()["field"] == "labels"
+    assert explain({"ecg": ecgs[0].tolist(), "labels": ["AFIB"], "format": "svg"}).json()["field"] == "format"
+    assert explain({"ecg": ecgs[0].tolist(), "labels": ["AFIB"], "top_k": 2}).json()["field"] == "top_k"

@@ -7,7 +7,8 @@
 published, baselines {name: {zero_shot | linear_probe: …}}, and per mode run `zero_shot`
 {macro_auroc, per_class_auroc}, `linear_probe` {"1%" | "10%" | "100%": {train_rows, macro_auroc_mean,
 macro_auroc_std, per_class_auroc, …}}, `finetune` {macro_auroc, per_class_auroc, epochs, …}, `report`
-(drafting, see `report_drafts.py`) and `retrieval` (see `retrieval.py`), each with its own section.
+(drafting, see `report_drafts.py`), `retrieval` (see `retrieval.py`), `faithfulness` (see `faithfulness.py`) and `explain` (the evidence figures,
+see `evidence_figures.py`), each with its own section.
 `curves`: `targets` [n, C] and the test scores [n, C] of the zero-shot and fine-tuned models.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipelines.evaluation.evidence_figures import evidence_lines
+from pipelines.evaluation.faithfulness import faithfulness_lines
 from pipelines.evaluation.plots import per_class_bars, roc_plot
 from pipelines.evaluation.report_drafts import report_lines
 from pipelines.evaluation.retrieval import retrieval_lines
@@ -28,10 +31,14 @@ def write_report(results: dict, curves: dict, output: str | Path) -> Path:
     lines = [f"# {results['task']}: evaluation on the {results['split']} split ({results['rows']:,} ECGs)"]
     if {"zero_shot", "linear_probe", "finetune"} & set(results):
         lines += _auroc_sections(results, curves, output)
+    if "explain" in results:
+        lines += evidence_lines(results["explain"])
     if "report" in results:
         lines += report_lines(results["report"])
     if "retrieval" in results:
         lines += retrieval_lines(results["retrieval"])
+    if "faithfulness" in results:
+        lines += faithfulness_lines(results["faithfulness"])
     path = output / REPORT_FILE
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -82,8 +89,13 @@ def _mapped_section(results: dict) -> list[str]:
     lines = ["", "## Mapped classes", "", "| code | the split's labels mapped to it |", "| --- | --- |"]
     lines += [f"| {code} | {codes_of(code)} |" for code in results["codes"]]
     if results["absent_classes"]:
-        lines += ["", "## Classes without an AUROC on this split", "", "| code | reason | mapped from |",
-                  "| --- | --- | --- |"]
+        lines += [
+            "",
+            "## Classes without an AUROC on this split",
+            "",
+            "| code | reason | mapped from |",
+            "| --- | --- | --- |",
+        ]
         lines += [f"| {code} | {reason} | {codes_of(code)} |" for code, reason in results["absent_classes"].items()]
     return lines
 

@@ -23,6 +23,8 @@ import torch
 from models.model import ECGTextModel
 from models.report_generation import DraftOptions, caption_decoder_of
 from pipelines.data.trained_with import TrainedWith
+from pipelines.evaluation.evidence_figures import check_explain, explain_top_rows
+from pipelines.evaluation.faithfulness import faithfulness_figures
 from pipelines.evaluation.finetune import FINETUNE_DEFAULTS, finetune
 from pipelines.evaluation.linear_probe import linear_probe
 from pipelines.evaluation.predict import predict_split, split_reports
@@ -34,7 +36,7 @@ from pipelines.labels.zero_shot import task_scores
 from pipelines.storage import cached_copy
 from pipelines.training.config import TrainConfig
 
-MODES = ("zero-shot", "linear-probe", "finetune", "report", "retrieval")
+MODES = ("zero-shot", "linear-probe", "finetune", "report", "retrieval", "faithfulness")
 
 
 def evaluate_export(
@@ -49,15 +51,18 @@ def evaluate_export(
     baselines: bool = True,
     finetune_config: TrainConfig = FINETUNE_DEFAULTS,
     draft_options: DraftOptions = DraftOptions(),
+    explain: int = 0,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Score the export (a folder or its URI) on `task` (a Task, a task name or class table, or None: the
     task the export's validation used; `prompts` replaces class prompts) over shards that must be prepared
-    as the export's training data was; `draft_options` is report mode's search. (results, curves): `results`
+    as the export's training data was; `draft_options` is report mode's search; `explain` N > 0 explains and
+    draws zero-shot's N best-scored positives per class (`evidence_figures.py`). (results, curves): `results`
     is what metrics.json holds; `curves` the test scores [n, C] per method (zero-shot, finetune, …) and
     `targets` [n, C] for the ROC plot, over `results["codes"]`."""
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    check_explain(explain, modes)
     export = cached_copy(model_dir)  # an export named by a URI is loaded from this node's cached copy
     model = ECGTextModel.from_pretrained(export).eval()
     if "report" in modes:
@@ -103,6 +108,9 @@ def evaluate_export(
         scores = task_scores(model, task, codes, test_x)
         results["zero_shot"] = _aurocs(scores, targets, codes)
         curves["zero-shot"] = scores
+        if explain:
+            fs = trained_with.preprocessing.fs
+            results["explain"] = explain_top_rows(model, task, codes, data, split, scores, targets, fs, output, explain)
         if random_model is not None:
             zero_shot = _aurocs(task_scores(random_model, task, codes, random_x), targets, codes)
             results["baselines"].setdefault("random-weights", {})["zero_shot"] = zero_shot
@@ -131,6 +139,8 @@ def evaluate_export(
         train_reports = split_reports(data, "train")
         results["report"] = report_figures(model, data, split, task, test_x, train_x, train_reports, draft_options)
 
+    if "faithfulness" in modes:
+        results["faithfulness"] = faithfulness_figures(model, Path(output))
     if "retrieval" in modes:
         reports = split_reports(data, split)
         results["retrieval"] = retrieval_figures(test_x, reports, lambda texts: _encode_reports(model, texts))

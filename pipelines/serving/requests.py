@@ -3,9 +3,9 @@
 Two bodies carry the same request:
 - JSON (`application/json`): `ecg` is one ECG as a leads × samples nested list, several as
   n × leads × samples, or `{"b64": …, "shape": [...], "dtype": "float32"}` (little-endian bytes, base64),
-  beside `fs`, `leads`, `ids` (and for scoring `labels`, `top_k`, `explain`; for drafting `max_tokens`, `num_beams`;
-  for searching `k`, and `text` in place of `ecg`). Types are strict: `"fs": "500"`,
-  `true` or numbers as strings are refused, as are unknown fields.
+  beside `fs`, `leads`, `ids` (and for scoring `labels`, `top_k`, `explain`; for explaining one ECG's score
+  `labels` (one) and `format`; for drafting `max_tokens`, `num_beams`; for searching `k`, and `text` in place
+  of `ecg`). Types are strict: `"fs": "500"`, `true` or numbers as strings are refused, as are unknown fields.
 - `.npy` (`application/octet-stream`): the array as `numpy.save` writes it (float32, float64 or int16;
   [leads, samples] or [n, leads, samples]), the other fields in the query string
   (`?fs=500&leads=I&leads=II&labels=AFIB`).
@@ -96,11 +96,29 @@ class ScoreOptions(ECGOptions):
     )
 
 
+class ExplainOptions(ECGOptions):
+    labels: list[Label] = Field(
+        min_length=1,
+        max_length=1,
+        description="the one label explained: a class code of the served task or a free-text prompt, as a "
+        "one-item list (the body of a /v1/score request for one ECG and one label)",
+    )
+    format: Literal["png", "json"] = Field(
+        "png",
+        description="png: the ECG on paper (3 × 4 + lead-II rhythm strip) with the evidence drawn over it, the "
+        "label and its score in the title; json: the evidence as /v1/score's `explain` gives it",
+    )
+
+
 class ECGRequest(ECGOptions):
     ecg: list | EncodedArray = Field(description="leads × samples, n × leads × samples, or an encoded array")
 
 
 class ScoreRequest(ScoreOptions, ECGRequest):
+    pass
+
+
+class ExplainRequest(ExplainOptions, ECGRequest):
     pass
 
 
@@ -144,6 +162,7 @@ class RequestProblem(ValueError):
 QUERY_OPTIONS = {
     ECGRequest: ECGOptions,
     ScoreRequest: ScoreOptions,
+    ExplainRequest: ExplainOptions,
     ReportRequest: ReportOptions,
     SearchRequest: SearchOptions,
 }

@@ -1,12 +1,16 @@
-"""The JSON bodies the Serve app answers with, one function per route."""
+"""The bodies the Serve app answers with, one function per route (and /v1/explain's PNG)."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 
 from models.evidence import Evidence
 from models.report_generation import DraftedReport
 from pipelines.data.leads import STANDARD_LEADS
+from pipelines.data.preprocess import PreparedSignal
+from pipelines.evaluation.ecg_paper import plot_evidence
 from pipelines.serving.requests import ScoreOptions
 from pipelines.serving.scorer import Scorer
 
@@ -58,6 +62,21 @@ def evidence_body(label: str, evidence: Evidence) -> dict:
             for s in evidence.top_segments
         ],
     }
+
+
+def explain_body(ecg_id: str, label: str, name: str, evidence: Evidence, flags: list[str]) -> dict:
+    """/v1/explain with format=json: the ECG's id, the label's readable name, its evidence (`evidence_body`), flags."""
+    return {"id": ecg_id, "name": name, **evidence_body(label, evidence), "flags": flags}
+
+
+def explain_png(ecg_id: str, label: str, name: str, evidence: Evidence, prepared: PreparedSignal, fs: float) -> bytes:
+    """/v1/explain: the prepared ECG (the model's input units) on paper with `evidence`, titled with the label,
+    its name and its score, as PNG bytes."""
+    title = f"{label}: {name} ({ecg_id})" if name != label else f"{label} ({ecg_id})"
+    figure = plot_evidence(prepared.signal, fs, evidence, title, lead_mask=prepared.lead_mask)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def reports_body(ids: list[str], drafts: list[DraftedReport], flags: list[list[str]]) -> dict:
