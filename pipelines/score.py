@@ -5,17 +5,20 @@ streamed through Ray Data with the model loaded once per actor.
     python -m pipelines.score --model runs/sweep/best --input /mnt/ptb-xl --source ptbxl --output runs/ptbxl-scores \\
         --labels labels.json --batch-size 64 --embeddings
     python -m pipelines.score --model runs/melp/export --input data/synthetic --output runs/drafts --reports --num-beams 4
+    python -m pipelines.score --model runs/sweep/best --input data/synthetic --output runs/evidence --explain --top-k 2
     python -m pipelines.score --model s3://bucket/runs/x/export --input s3://bucket/shards --output s3://bucket/scores
 
 Output: `scores/<unit>.parquet` (`ecg_id`, `score_<label>` per label, `report`, `report_logprob` and
-`report_tokens` with --reports (a MELP export's draft of each ECG, as /v1/report drafts it), `embedding` with
---embeddings),
+`report_tokens` with --reports (a MELP export's draft of each ECG, as /v1/report drafts it), `evidence` with
+--explain (per ECG and explained label: its score, the leads best first and the top time segments, as /v1/score
+answers with explain; the labels of --labels, or each ECG's --top-k best, at most MAX_EXPLAIN_LABELS; each
+costs an integrated-gradients pass of ~47 forwards), `embedding` with --embeddings),
 `rejected/<unit>.parquet` and `rejected_listing.parquet` (each unreadable record with its reason), and
 `summary.json` (records in = scored + rejected, counted from the parts on disk; counts that do not
 reconcile raise instead of being written), and with --embeddings `index/`, the embeddings' search index
 (`pipelines.search`), built once the summary is written. A unit is one input shard, or `--part-size` listed records of
 an archive. The output's `made_by.json` records what made it (the export's fingerprint, task and labels,
-source, part size, embeddings, the drafting options, a fingerprint of the input's unit listing): a rerun that matches skips
+source, part size, embeddings, the drafting and explaining options, a fingerprint of the input's unit listing): a rerun that matches skips
 the units already written, one that differs is refused naming the difference (`--overwrite` replaces an
 output that scoring made, and nothing else).
 
@@ -53,13 +56,24 @@ from pipelines.labels.tasks import load_task
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import claim_output
 from pipelines.search import INDEX_DIR, build_index
-from pipelines.serving.batch import REJECTED_DIR, SCORES_DIR, ScoreUnits, part_names, part_of, write_part
+from pipelines.serving.batch import (
+    REJECTED_DIR,
+    SCORES_DIR,
+    ExplainedLabels,
+    ScoreUnits,
+    part_names,
+    part_of,
+    write_part,
+)
+from pipelines.serving.requests import MAX_EXPLAIN_LABELS, ScoreOptions
 from pipelines.serving.scorer import DraftRefused, check_export_drafts
 from pipelines.storage import Location, cached_copy
 
 log = logging.getLogger("pipelines.score")
 
 SOURCES = ("shards", "ptbxl", "mimic", "wfdb")
+TOP_K = ScoreOptions.model_fields["top_k"].default
+"""Labels --explain explains per ECG without --labels: /v1/score's default."""
 
 
 @dataclass
@@ -130,6 +144,7 @@ def score(
     part_size: int = 1000,
     embeddings: bool = False,
     reports: DraftOptions | None = None,
+    explain: ExplainedLabels | None = None,
     actors: int = 1,
     overwrite: bool = False,
     log_file: str | None = None,
@@ -139,7 +154,9 @@ def score(
     The input is listed and checked before the output is claimed (`pipelines.outputs`; OutputRefused
     names what differs); `log_file` then also logs to `OUTPUT/logs/<log_file>` (a local output only).
     `reports`: draft a report per ECG with these options; an export that cannot (no caption decoder,
-    max_tokens over its limit) is refused first (`DraftRefused`, a ValueError)."""
+    max_tokens over its limit) is refused first (`DraftRefused`, a ValueError). `explain`: write each ECG's
+    evidence for the labels these options choose; more than MAX_EXPLAIN_LABELS per ECG is a ValueError, raised
+    before the input is listed."""
     started = time.time()
     if source != "shards" and (problem := archive_uri_problem(input_path)):
         raise ValueError(problem)
@@ -147,11 +164,13 @@ def score(
     trained_with = TrainedWith.of_export(str(export))
     if reports is not None:
         check_export_drafts(export, reports)
+    task = task or trained_with.task
+    labels = labels or list(load_task(task).codes)
+    if explain is not None and (problem := explain.problem(len(labels))):
+        raise ValueError(f"explain: {problem}")
     if source == "shards":
         trained_with.check_shards([input_path])
     work = work_units(Location.of(input_path), source, part_size)
-    task = task or trained_with.task
-    labels = labels or list(load_task(task).codes)
     made_with = {
         "model": export_fingerprint(export),
         "task": task,
@@ -163,6 +182,8 @@ def score(
     }
     if reports is not None:  # absent without drafts, so outputs made before drafting existed still continue
         made_with["reports"] = asdict(reports)
+    if explain is not None:  # absent without evidence, likewise
+        made_with["explain"] = explain.record()
     destination = Location.of(output)
     claim_output(destination, "score", made_with, overwrite=overwrite)
     if log_file and destination.is_local:
@@ -187,6 +208,7 @@ def score(
                 "batch_size": batch_size,
                 "embeddings": embeddings,
                 "draft": reports,
+                "explain": explain,
             },
         ).materialize()
     summary = _account(destination, work, by_record=source != "shards")
@@ -195,8 +217,13 @@ def score(
     if embeddings and summary["rows"]:
         indexing = time.time()
         index = build_index(destination.uri, Location.of(model_dir).uri)
-        log.info("score: indexed %d embeddings (%s) in %.1f s → %s", index.count, index.record["kind"],
-                 time.time() - indexing, destination.child(INDEX_DIR))
+        log.info(
+            "score: indexed %d embeddings (%s) in %.1f s → %s",
+            index.count,
+            index.record["kind"],
+            time.time() - indexing,
+            destination.child(INDEX_DIR),
+        )
     return summary
 
 
@@ -256,9 +283,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-tokens", type=int, help="with --reports: tokens a draft may hold (default: the model's limit)"
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also write each ECG's evidence (leads and time segments, by integrated gradients; ~47 forwards per "
+        f"label) for every label of --labels, or for its --top-k best; at most {MAX_EXPLAIN_LABELS} labels",
+    )
+    parser.add_argument(
+        "--top-k", type=int, help=f"with --explain and no --labels: the best labels explained per ECG (default {TOP_K})"
+    )
     parser.add_argument("--address", help="Ray cluster address (default: a local one)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an output this command made before (one made differently is refused without it)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output this command made before (one made differently is refused without it)",
+    )
     args = parser.parse_args(argv)
     if args.source != "shards" and (problem := archive_uri_problem(args.input)):
         parser.error(problem)
@@ -282,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     reports = _draft_options(parser, args)
+    explain = _explain_options(parser, args, labels)
     setup_logging()
     init_ray(args.address)
     try:
@@ -296,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             part_size=args.part_size,
             embeddings=args.embeddings,
             reports=reports,
+            explain=explain,
             actors=args.actors,
             overwrite=args.overwrite,
             log_file="score.log",
@@ -330,6 +371,27 @@ def _draft_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(f"{flag}: {refused.message}")
     except (OSError, ValueError) as error:
         parser.error(f"--model {args.model}: {error}")
+    return options
+
+
+def _explain_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, labels: list[str] | None
+) -> ExplainedLabels | None:
+    """The options of --explain (None without it): every label of --labels, or each ECG's --top-k best; a
+    usage error before Ray starts for --top-k without --explain or beside --labels, and for more than
+    MAX_EXPLAIN_LABELS labels per ECG."""
+    if not args.explain:
+        if args.top_k is not None:
+            parser.error("--top-k only goes with --explain")
+        return None
+    if labels is not None:
+        if args.top_k is not None:
+            parser.error("--top-k goes with --explain without --labels (every label of --labels is explained)")
+        options = ExplainedLabels()
+    else:
+        options = ExplainedLabels(top_k=TOP_K if args.top_k is None else args.top_k)
+    if problem := options.problem(len(labels or ())):
+        parser.error(f"--explain with {'--labels' if labels is not None else '--top-k'}: {problem}")
     return options
 
 
