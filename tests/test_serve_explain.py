@@ -16,6 +16,7 @@ from models.evidence import explain_score
 from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.wfdb_io import Recording
 from pipelines.serving.requests import MAX_EXPLAIN_LABELS
+from pipelines.serving.responses import ATTENDED_PATCHES
 from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_batch
 from tests.served import served
@@ -72,6 +73,8 @@ def direct_evidence(scorer: Scorer, signal: np.ndarray, leads: list[str], labels
             "score": item.score,
             "leads": [STANDARD_LEADS[lead] for lead in item.lead_ranking],
             "segments": [(STANDARD_LEADS[s.lead], s.start_s, s.end_s, s.weight) for s in item.top_segments],
+            "attended_s": round(float(np.argmax(item.pooler_attention)) * item.patch_s, 6),
+            "beat_attended_s": [round(float(np.argmax(row)) * item.patch_s, 6) for row in item.beat_attention],
         }
         for label, item in zip(labels, evidence)
     ]
@@ -85,6 +88,8 @@ def assert_same_evidence(served_evidence: list[dict], expected: list[dict]) -> N
         segments = [(s["lead"], s["start_s"], s["end_s"], s["weight"]) for s in got["segments"]]
         assert [s[:3] for s in segments] == [s[:3] for s in want["segments"]]
         assert [s[3] for s in segments] == pytest.approx([s[3] for s in want["segments"]], rel=1e-4, abs=1e-7)
+        assert len(got["attention"]) == ATTENDED_PATCHES and got["attention"][0]["start_s"] == want["attended_s"]
+        assert [beat["start_s"] for beat in got["beat_attention"]] == want["beat_attended_s"]  # a MELP export
 
 
 def test_evidence_per_label_equals_explain_score(url, scorer, ecgs):

@@ -36,6 +36,7 @@ SCORES_DIR, REJECTED_DIR = "scores", "rejected"
 SEGMENT_TYPE = pa.struct(
     [("lead", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("weight", pa.float64())]
 )
+PATCH_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("weight", pa.float64())])
 EVIDENCE_TYPE = pa.list_(
     pa.struct(
         [
@@ -43,6 +44,8 @@ EVIDENCE_TYPE = pa.list_(
             ("score", pa.float64()),
             ("leads", pa.list_(pa.string())),
             ("segments", pa.list_(SEGMENT_TYPE)),
+            ("attention", pa.list_(PATCH_TYPE)),
+            ("beat_attention", pa.list_(PATCH_TYPE)),
         ]
     )
 )
