@@ -13,7 +13,7 @@ from models.evidence import Evidence, rank_leads, top_windows
 from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig, preprocess
 from pipelines.data.wfdb_io import Recording
-from pipelines.evaluation.ecg_paper import plot_evidence
+from pipelines.explaining.ecg_paper import plot_evidence
 from pipelines.synthetic import SyntheticConfig, generate_batch
 
 FS = 500

@@ -15,8 +15,8 @@ import requests
 from models.evidence import explain_score
 from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.wfdb_io import Recording
+from pipelines.explaining.evidence_body import ATTENDED_PATCHES
 from pipelines.serving.requests import MAX_EXPLAIN_LABELS
-from pipelines.serving.responses import ATTENDED_PATCHES
 from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_batch
 from tests.served import served

@@ -17,11 +17,11 @@ import torch
 
 from models.evidence import explain_score
 from models.model import ECGTextModel
-from pipelines.evaluation.ecg_paper import plot_evidence
 from pipelines.evaluation.predict import model_inputs, split_tables
+from pipelines.explaining.ecg_paper import plot_evidence
+from pipelines.explaining.evidence_body import evidence_body
 from pipelines.labels.tasks import Task
 from pipelines.labels.zero_shot import task_classifier
-from pipelines.serving.responses import evidence_body
 
 MAX_EXPLAINED_PER_CLASS = 20
 """ECGs explained per class (each an integrated-gradients pass of 32 forwards and backwards, and a figure)."""

@@ -7,7 +7,7 @@ so a rerun into the same output (made the same way: `pipelines.score` checks its
 the units whose part exists. Shards, parts and the export may be local or URIs (`pipelines.storage`).
 Reading uses the prepare stage's `prepare_batch` (archives) or the shard columns as written
 (shards); scoring (drafting, with `draft` options, and explaining, with `explain` options) uses `Scorer`, as
-the Serve app does, and evidence is written as /v1/score answers it (`responses.evidence_body`).
+the Serve app does, and evidence is written as /v1/score answers it (`pipelines.explaining.evidence_body`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 from models.report_generation import DraftOptions
 from pipelines.data.records import RecordOptions, prepare_batch
 from pipelines.data.schema import lead_masks_of, signals_of
+from pipelines.explaining.evidence_body import evidence_body
 from pipelines.serving.requests import MAX_EXPLAIN_LABELS
-from pipelines.serving.responses import evidence_body
 from pipelines.serving.scorer import Scorer
 from pipelines.storage import Location
 
