@@ -40,6 +40,7 @@ from pipelines.data.preprocess import PreparedSignal
 from pipelines.data.rejection import RecordRejected
 from pipelines.logs import init_ray, setup_logging
 from pipelines.retrieval import MAX_K, MAX_QUERY_CHARS, EmbeddingIndex
+from pipelines.serving.batch import ExplainedLabels
 from pipelines.serving.guard import BODY_TIMEOUT_S, MAX_BODY_BYTES, TOKEN_ENV, RequestGuard, require_token
 from pipelines.serving.openapi import body_doc
 from pipelines.serving.requests import (
@@ -230,11 +231,8 @@ class ScoringService:
         """Per ECG, (label, evidence) for each of the request's labels or, without labels, its `top_k` best
         (as `scores_body` ranks them), each ECG explained alone."""
         labels = score_labels(self.scorer, options)
-        if options.labels:
-            chosen = [labels] * len(prepared)
-        else:
-            scores = self.scorer.scores(embeddings, labels)  # [n, C]
-            chosen = [[labels[i] for i in np.argsort(-row)[: options.top_k]] for row in scores]
+        explained = ExplainedLabels(None if options.labels else options.top_k)
+        chosen = [explained.chosen(labels, row) for row in self.scorer.scores(embeddings, labels)]  # scores [n, C]
         return [
             list(zip(ecg_labels, self.scorer.explain(p.signal[None], p.lead_mask[None], ecg_labels)[0]))
             for p, ecg_labels in zip(prepared, chosen)
