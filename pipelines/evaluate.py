@@ -39,7 +39,7 @@ from models.report_generation import DraftOptions
 from pipelines.evaluation.evidence_figures import MAX_EXPLAINED_PER_CLASS, check_explain
 from pipelines.evaluation.finetune import FINETUNE_DEFAULTS
 from pipelines.evaluation.report import write_report
-from pipelines.evaluation.suite import MODES, evaluate_export
+from pipelines.evaluation.suite import MODES, check_split, evaluate_export
 from pipelines.labels.tasks import TASK_NAMES, load_task
 from pipelines.logs import init_ray, setup_logging
 from pipelines.storage import Location
@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="folder or URI for metrics.json, report.md and plots (a URI: uploaded when the evaluation has finished)",
     )
-    parser.add_argument("--split", default="test", help="the split scored (default test)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="the split scored: train, val or test, several joined by commas (val,test), or all (an external "
+        "archive none of which was trained on)",
+    )
     parser.add_argument("--prompts", help="JSON {code: [prompt, ...]} replacing those classes' prompts")
     parser.add_argument("--no-baselines", action="store_true", help="skip the random-weights and report-text runs")
     parser.add_argument("--num-beams", type=int, default=1, help="report mode: beam width (1: greedy)")
@@ -91,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         draft_options = DraftOptions(max_tokens=args.max_tokens, num_beams=args.num_beams)
         check_explain(args.explain, args.mode)
+        check_split(args.split, args.mode)
     except ValueError as error:
         parser.error(str(error))
     output = Location.of(args.output)

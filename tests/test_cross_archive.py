@@ -103,10 +103,11 @@ def test_snomed_and_scp_archives_of_the_same_ecgs_score_alike_on_concepts(ray_cl
     export = str(tiny_export("melp"))
     evaluated = {
         name: evaluate_export(export, str(folder), "concepts", ["zero-shot"], tmp_path / f"eval-{name}",
-                              split="train", baselines=False)
+                              split="all", baselines=False)
         for name, folder in prepared.items()
     }
     results = {name: result for name, (result, _) in evaluated.items()}
+    assert results["snomed"]["rows"] == results["scp"]["rows"] == 60  # an external archive: every record, any split
     snomed_aurocs = results["snomed"]["zero_shot"]["per_class_auroc"]
     scp_aurocs = results["scp"]["zero_shot"]["per_class_auroc"]
     assert len(snomed_aurocs) >= 5

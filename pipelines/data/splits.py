@@ -4,6 +4,25 @@ from __future__ import annotations
 
 import hashlib
 
+SPLITS = ("train", "val", "test")
+ALL_SPLITS = "all"
+"""A split selection naming every split: what evaluating an archive none of which was trained on reads."""
+
+
+def selected_splits(selection: str) -> tuple[str, ...]:
+    """The splits a selection names: one split ("test"), several joined by commas ("val,test"), or "all".
+    ValueError naming an unknown split."""
+    if selection.strip() == ALL_SPLITS:
+        return SPLITS
+    names = tuple(dict.fromkeys(name.strip() for name in selection.split(",")))
+    unknown = [name for name in names if name not in SPLITS]
+    if unknown:
+        raise ValueError(
+            f"split {', '.join(map(repr, unknown))} is not one of {', '.join(SPLITS)} (or {ALL_SPLITS!r}, or several "
+            "joined by commas)"
+        )
+    return names
+
 
 def hashed_split(patient_key: str, seed: int, val_fraction: float, test_fraction: float = 0.0) -> str:
     """train / val / test for a patient, the same on every machine and in every run with `seed`.

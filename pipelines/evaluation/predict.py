@@ -1,4 +1,4 @@
-"""Run a model over one split of prepared shards on the driver, in batches, straight from parquet.
+"""Run a model over one split (or a selection of splits, `pipelines.data.splits.selected_splits`) of prepared shards on the driver, in batches, straight from parquet.
 
     embeddings, labels = predict_split(model.encode_ecg, "data/ptbxl", "test")   # [n, D], n label lists
 """
@@ -13,6 +13,7 @@ import pyarrow.dataset
 import torch
 
 from pipelines.data.schema import lead_masks_of, signals_of
+from pipelines.data.splits import selected_splits
 
 BATCH_SIZE = 64
 
@@ -36,9 +37,11 @@ def predict_split(
 
 
 def split_tables(data: str, split: str, columns: list[str], batch_size: int = BATCH_SIZE) -> Iterator[pyarrow.Table]:
-    """The `columns` of `split`'s rows, in non-empty tables of at most `batch_size` rows, in shard order."""
+    """The `columns` of the rows of `split` ("test", "val,test" or "all"), in non-empty tables of at most
+    `batch_size` rows, in shard order."""
     dataset = pyarrow.dataset.dataset(data, format="parquet", exclude_invalid_files=True)
-    scanner = dataset.scanner(columns=columns, filter=pyarrow.dataset.field("split") == split, batch_size=batch_size)
+    chosen = pyarrow.dataset.field("split").isin(list(selected_splits(split)))
+    scanner = dataset.scanner(columns=columns, filter=chosen, batch_size=batch_size)
     for batch in scanner.to_batches():
         if batch.num_rows:
             yield pyarrow.Table.from_batches([batch])

@@ -22,6 +22,7 @@ import torch
 
 from models.model import ECGTextModel
 from models.report_generation import DraftOptions, caption_decoder_of
+from pipelines.data.splits import selected_splits
 from pipelines.data.trained_with import TrainedWith
 from pipelines.evaluation.evidence_figures import check_explain, explain_top_rows
 from pipelines.evaluation.faithfulness import faithfulness_figures
@@ -37,6 +38,16 @@ from pipelines.storage import cached_copy
 from pipelines.training.config import TrainConfig
 
 MODES = ("zero-shot", "linear-probe", "finetune", "report", "retrieval", "faithfulness")
+
+
+def check_split(split: str, modes: Sequence[str]) -> None:
+    """ValueError for a split selection that names an unknown split, or that includes train where a mode
+    fits on the train split (linear-probe, finetune): it would score rows it was fitted on."""
+    if "train" in selected_splits(split) and (fitted := sorted({"linear-probe", "finetune"} & set(modes))):
+        raise ValueError(
+            f"split {split!r} includes train, which {' and '.join(fitted)} fit(s) on: evaluate those modes on val "
+            "or test"
+        )
 
 
 def evaluate_export(
@@ -63,6 +74,7 @@ def evaluate_export(
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     check_explain(explain, modes)
+    check_split(split, modes)
     export = cached_copy(model_dir)  # an export named by a URI is loaded from this node's cached copy
     model = ECGTextModel.from_pretrained(export).eval()
     if "report" in modes:
