@@ -1,4 +1,5 @@
-"""Run a model over one split (or a selection of splits, `pipelines.data.splits.selected_splits`) of prepared shards on the driver, in batches, straight from parquet.
+"""Run a model over one split of prepared shards (or several: `pipelines.data.splits.selected_splits`) on the
+driver, in batches, straight from parquet.
 
     embeddings, labels = predict_split(model.encode_ecg, "data/ptbxl", "test")   # [n, D], n label lists
 """
