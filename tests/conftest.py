@@ -1,5 +1,6 @@
-"""Shared fixtures: one Ray cluster per session, a batch of synthetic shard rows, and the real PTB-XL subset
-when CI provides it."""
+"""Shared fixtures, each made once per session: a local Ray cluster, a 3-node one (`tests/ray_cluster.py`), an
+S3 server with a bucket per module (`tests/object_store.py`), a batch of synthetic shard rows, prepared shards,
+exports, and the real PTB-XL subset when CI provides it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.object_store import session_env
+from tests.object_store import object_store, s3_server, session_env  # noqa: F401 (fixtures)
+from tests.ray_cluster import API_SERVER_ENV, free_ports, multinode_cluster  # noqa: F401 (a fixture)
 
 SHARED_PTBXL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl-500"
 
@@ -31,18 +33,34 @@ def ray_cluster():
     from ray.data import DataContext
 
     # The dashboard stays on: without it, a Tune trial that ASHA stops mid-fit leaks its workers' placement
-    # group and later trials wait for resources forever.
+    # group and later trials wait for resources forever. Workers reach it by its address: Ray Train's
+    # placement-group cleaner asks the state API whether its controller lives, and with another Ray on this
+    # machine (the 3-node cluster) "auto" finds two and fails, so a stopped trial's group would never go.
     # Workers see the AWS_* variables of the session's S3 server (tests/object_store.py), whenever it starts.
+    (dashboard_port,) = free_ports(1)
     ray.init(
         num_cpus=2,
         object_store_memory=512 * 2**20,
         include_dashboard=True,
+        dashboard_port=dashboard_port,
         log_to_driver=False,
-        runtime_env={"env_vars": session_env()},
+        runtime_env={"env_vars": {**session_env(), API_SERVER_ENV: f"http://127.0.0.1:{dashboard_port}"}},
     )
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster):
+    """Serve's HTTP proxy on the session's cluster, started once: the port every test's app is served on in
+    turn (`tests.served.served`)."""
+    from ray import serve
+
+    from tests.served import start_proxy
+
+    yield start_proxy()
+    serve.shutdown()
 
 
 @pytest.fixture
@@ -140,3 +158,19 @@ def ptbxl_shards(ray_cluster, ptbxl_dir, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("ptbxl-shards")
     prepare("ptbxl", SourceOptions(input=ptbxl_dir), str(output), records=RecordOptions(min_report_words=0))
     return output
+
+
+@pytest.fixture(scope="session")
+def ptbxl_melp_run(ptbxl_shards, tmp_path_factory) -> tuple[Path, dict]:
+    """(run directory, metrics) of MELP pretrained 20 steps on PTB-XL-500 by 2 Ray Train workers under ZeRO-2:
+    the run test_pretrain checks and the export test_evaluate evaluates, trained once."""
+    from models.factory import resolve_config
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.launch import pretrain
+
+    run_dir = tmp_path_factory.mktemp("ptbxl-melp-run")
+    train = TrainConfig(
+        workers=2, batch_size=16, warmup_steps=2, max_steps=20, zero_stage=2, checkpoints_to_keep=1,
+        progress_every_s=0.0,
+    )  # fmt: skip
+    return run_dir, pretrain(str(ptbxl_shards), run_dir, resolve_config("tiny", "melp"), train, val_rows=64)

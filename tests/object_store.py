@@ -1,16 +1,16 @@
-"""A real S3 server for tests: moto's (`python -m moto.server`) on a free 127.0.0.1 port, one bucket in it.
+"""A real S3 server for tests: moto's (`python -m moto.server`) on a free 127.0.0.1 port, started once per
+test session, and a bucket of each test module's own in it.
 
-    from tests.object_store import object_store   # noqa: F401 (a pytest fixture, module-scoped)
-
-    def test_x(object_store):
-        uri = object_store.uri("runs/x")           # s3://<bucket>/runs/x
+    def test_x(object_store):                      # the fixture (tests/conftest.py takes it from here)
+        uri = object_store.uri("runs/x")           # s3://ecg-fm-<module>/runs/x
         ...                                        # boto3, pyarrow, Ray Data/Train reach it by the AWS_* variables
 
-The fixture sets the AWS_* variables (`ObjectStore.env`) in this process for the module's tests and restores
-them afterwards. Processes that do not inherit this environment need `env` passed to them: a `ray job` as its
-runtime environment's `env_vars`, and the session's Ray cluster (started before any module's server) gets
-`session_env()` in its runtime environment: every module's server listens on that one port, reserved once
-per session, so workers started at any time reach the current module's server.
+The server starts when the first module asks for a bucket and stops when the session ends; meanwhile its
+AWS_* variables (`ObjectStore.env`) are set in this process, so every process it starts inherits them.
+Processes that do not inherit this environment need `env` passed to them: a `ray job` as its runtime
+environment's `env_vars`; the session's Ray cluster (started before the server may be) gets `session_env()`
+in its runtime environment: the server listens on that one port, reserved once per session, so workers
+started at any time reach it. Each module's bucket is named after the module, so no module sees another's keys.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 import pytest
@@ -112,9 +112,15 @@ def start_object_store() -> tuple[ObjectStore, subprocess.Popen]:
     return store, server
 
 
-@pytest.fixture(scope="module")
-def object_store() -> Iterator[ObjectStore]:
-    """A moto S3 server with one empty bucket, the AWS_* variables set for this process meanwhile."""
+def module_bucket(module_name: str) -> str:
+    """`ecg-fm-<module>`: a valid bucket name (lowercase, hyphens) for a test module."""
+    return f"ecg-fm-{module_name.rsplit('.', 1)[-1].replace('_', '-')}"[:63]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[ObjectStore]:
+    """moto's S3 server for the whole session (with the default bucket), its AWS_* variables set in this
+    process until the session ends."""
     store, server = start_object_store()
     with pytest.MonkeyPatch.context() as patch:
         for name, value in store.env.items():
@@ -128,3 +134,11 @@ def object_store() -> Iterator[ObjectStore]:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+@pytest.fixture(scope="module")
+def object_store(s3_server: ObjectStore, request) -> ObjectStore:
+    """An empty bucket of this module's own on the session's S3 server."""
+    store = replace(s3_server, bucket=module_bucket(request.module.__name__))
+    store.client().create_bucket(Bucket=store.bucket)
+    return store

@@ -8,6 +8,11 @@ lose a node.
         cluster.submit(["python", "-m", "pipelines.pretrain", ...], runtime_env="cluster/runtime_env.yaml")
         cluster.kill_node("node_b")          # SIGKILL that node's raylet and everything it started
 
+The session's cluster (`multinode_cluster`, a pytest fixture that tests/conftest.py takes from here) is a
+head with no CPU and `node_a`, `node_b` with one CPU each; it starts when a test first asks for it and
+serves every multi-node test of the session. A test that loses a node adds one of its own to lose, so the
+nodes the others rely on stay.
+
 Every port is chosen free and every node has its own temp dir under /tmp, so the cluster runs beside the
 test session's own (`ray.init` in conftest); it is stopped by killing the processes that run out of those
 temp dirs, never with `ray stop` (which would stop every Ray on the machine). Nodes start with this
@@ -26,14 +31,18 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+"""Where a process's state-API calls go. Set to each cluster's own dashboard for its processes: with several Ray
+instances on one machine, the default ("auto") finds them all and fails."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -63,15 +72,16 @@ class LocalRayCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.gcs_port, dashboard = free_ports(2)
+        self.address = f"http://127.0.0.1:{dashboard}"
         self.env = {
             **os.environ,
             **self.extra_env,
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
+            API_SERVER_ENV: self.address,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
-        self.gcs_port, dashboard = free_ports(2)
-        self.address = f"http://127.0.0.1:{dashboard}"
         self._start("head", ["--head", "--num-cpus", str(self.head_cpus), "--port", str(self.gcs_port),
                              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                              "--dashboard-port", str(dashboard)])
@@ -183,3 +193,13 @@ def _kill_tree(process: subprocess.Popen, temp_dir: str) -> None:
         except psutil.Error:
             pass
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def multinode_cluster() -> Iterator[LocalRayCluster]:
+    """The session's 3-node cluster: a head with no CPU (it runs job drivers, Train controllers and Serve's
+    proxy) and worker nodes `node_a`, `node_b` with one CPU each."""
+    with LocalRayCluster(head_cpus=0) as cluster:
+        cluster.add_node("node_a", cpus=1)
+        cluster.add_node("node_b", cpus=1)
+        yield cluster

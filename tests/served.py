@@ -1,4 +1,9 @@
-"""The Serve app on a free loopback port, for tests that talk to it over real HTTP."""
+"""The Serve app on a loopback port, for tests that talk to it over real HTTP.
+
+Serve's proxy starts once per session (the `serve_port` fixture of tests/conftest.py); each module runs its app
+behind it at `/` and deletes every app afterwards (a module may run more beside it), so no replica outlives
+its module to hold CPUs the next tests need.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-@contextmanager
-def served(app, name: str) -> Iterator[int]:
-    """Start Serve's proxy on a free 127.0.0.1 port, run `app` (a bound deployment) at `/` as `name`,
-    yield the port; shut Serve down afterwards."""
+def start_proxy() -> int:
+    """Start Serve with its HTTP proxy on a free 127.0.0.1 port; the port."""
     from ray import serve
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+@contextmanager
+def served(app, name: str, port: int) -> Iterator[int]:
+    """Run `app` (a bound deployment) at `/` as `name` behind the proxy on `port`, yield the port; delete every
+    app afterwards, those the test ran beside it too."""
+    from ray import serve
+
     try:
         serve.run(app, name=name, route_prefix="/")
         yield port
     finally:
-        serve.shutdown()
+        for running in serve.status().applications:
+            serve.delete(running)

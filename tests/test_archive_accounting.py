@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import scipy.io
 
 from pipelines.data.records import RecordOptions
@@ -61,6 +62,7 @@ def _mixed_wfdb_tree(root: Path, elsewhere: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_wfdb_tree_every_file_and_folder_accounted_for(ray_cluster, tmp_path):
     archive = _mixed_wfdb_tree(tmp_path / "archive", tmp_path / "elsewhere")
     output = tmp_path / "shards"

@@ -80,6 +80,7 @@ def test_wfdb_labels_reports_need_statements(tmp_path):
     assert filled["report"] == "atrial fibrillation."
 
 
+@pytest.mark.slow
 def test_snomed_and_scp_archives_of_the_same_ecgs_score_alike_on_concepts(ray_cluster, tiny_export, tmp_path):
     snomed, scp, scp_codes = _write_archives(tmp_path / "archives", 60)
     prepared = {}

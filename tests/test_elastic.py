@@ -21,6 +21,8 @@ from pipelines.training.checkpoints import TrainingState
 from pipelines.training.config import TrainConfig
 from tests.single_rank_deepspeed import free_port
 
+pytestmark = pytest.mark.slow  # each test runs three phases of real DeepSpeed ranks in spawned processes
+
 SAVE_AT, STEPS, GLOBAL_BATCH = 3, 8, 8
 TOLERANCE = 1e-5
 """Largest relative difference allowed between the loss after the resize and the uninterrupted run's, step by

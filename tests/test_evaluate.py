@@ -1,4 +1,4 @@
-"""Evaluation end to end: a short pretraining run on PTB-XL-500 (folds 1-8 train, 9 val), then
+"""Evaluation end to end: the session's short pretraining run on PTB-XL-500 (folds 1-8 train, 9 val), then
 zero-shot, linear probe and Ray Train fine-tuning on fold 10's superclasses, through the CLI."""
 
 from __future__ import annotations
@@ -10,24 +10,19 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from models.factory import resolve_config
 from models.model import ECGTextModel
 from pipelines.evaluate import main as evaluate_main
 from pipelines.evaluation.predict import predict_split
 from pipelines.labels.tasks import load_task
 from pipelines.labels.zero_shot import task_scores
-from pipelines.training.config import TrainConfig
-from pipelines.training.launch import pretrain
 
 
 @pytest.fixture(scope="module")
-def ptbxl_export(ptbxl_shards, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ptbxl-run")
-    train = TrainConfig(workers=2, batch_size=16, warmup_steps=2, max_steps=20, checkpoints_to_keep=1)
-    pretrain(str(ptbxl_shards), run_dir, resolve_config("tiny", "melp"), train, val_rows=64)
-    return run_dir / "export"
+def ptbxl_export(ptbxl_melp_run):
+    return ptbxl_melp_run[0] / "export"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_runs_every_mode_on_ptbxl_fold_10(ptbxl_export, ptbxl_shards, tmp_path, capsys):
     output = tmp_path / "eval"
     argv = [

@@ -89,6 +89,7 @@ def melp_export(shards, tmp_path_factory) -> Path:
     return _export("melp", shards, tmp_path_factory.mktemp("melp-export"), TRAIN_STEPS)
 
 
+@pytest.mark.slow
 def test_report_retrieval_and_zero_shot_together(melp_export, shards, tmp_path, capsys, restore_logging):
     output = tmp_path / "eval"
     argv = [
@@ -130,6 +131,7 @@ def test_report_retrieval_and_zero_shot_together(melp_export, shards, tmp_path, 
     assert f"retrieval over 15 ECGs, {retrieval['distinct_reports']} distinct reports" in printed
 
 
+@pytest.mark.slow
 def test_report_mode_alone_heads_with_the_drafts(melp_export, shards, tmp_path, capsys, restore_logging):
     output = tmp_path / "eval"
     argv = ["--model", str(melp_export), "--data", str(shards), "--mode", "report", "--output", str(output)]
@@ -142,6 +144,7 @@ def test_report_mode_alone_heads_with_the_drafts(melp_export, shards, tmp_path, 
     assert "report drafts: CE macro F1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_retrieval_mode_alone_heads_with_recall(melp_export, shards, tmp_path, capsys, restore_logging):
     output = tmp_path / "eval"
     argv = ["--model", str(melp_export), "--data", str(shards), "--mode", "retrieval", "--output", str(output)]

@@ -15,7 +15,6 @@ from pipelines.data.shard_files import shard_name, split_shards
 from pipelines.data.shard_sink import SHARD_WRITE_OPTIONS, _by_split
 from pipelines.storage import Location
 from pipelines.training.data import TRAIN_COLUMNS, estimated_memory, split_dataset
-from tests.object_store import object_store  # noqa: F401 (a pytest fixture)
 
 SPLITS = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
 
@@ -74,7 +73,7 @@ def test_old_or_mixed_folders_list_every_shard_to_be_filtered(tmp_path):
     ), "every shard of both folders, never rejected.parquet"
 
 
-def test_split_named_shards_list_from_a_bucket(object_store, tmp_path):  # noqa: F811
+def test_split_named_shards_list_from_a_bucket(object_store, tmp_path):
     local = _write_new(tmp_path / "new", _rows())
     Location.of(object_store.uri("shards")).upload_from(local)
     train = split_shards([object_store.uri("shards")], "train")
@@ -90,6 +89,7 @@ def test_a_row_without_a_split_name_is_refused_naming_the_record():
     assert [(split, rows.num_rows) for split, rows in _by_split(_rows())] == [("test", 3), ("train", 6), ("val", 3)]
 
 
+@pytest.mark.slow
 def test_splits_read_the_same_rows_from_new_and_old_shards_held_or_streamed(ray_cluster, tmp_path):
     table = _rows()
     new, old = _write_new(tmp_path / "new", table), _write_old(tmp_path / "old", table)

@@ -26,7 +26,6 @@ from pipelines.score import score
 from pipelines.serving.scorer import Scorer
 from pipelines.storage import Location
 from pipelines.synthetic import SyntheticConfig, generate_batch
-from tests.object_store import object_store  # noqa: F401 (a fixture)
 from tests.served import served
 
 TOKEN = "test-token"
@@ -42,14 +41,14 @@ def export(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bucket_export(object_store, export) -> str:  # noqa: F811
+def bucket_export(object_store, export) -> str:
     uri = object_store.uri("runs/x/export")
     Location.of(uri).upload_from(export)
     return uri
 
 
 @pytest.fixture(scope="module")
-def bucket_shards(object_store, synthetic_shards) -> str:  # noqa: F811
+def bucket_shards(object_store, synthetic_shards) -> str:
     """The session's 240 synthetic ECGs, prepared shards copied into the bucket."""
     uri = object_store.uri("shards")
     Location.of(uri).upload_from(synthetic_shards)
@@ -69,8 +68,9 @@ def test_an_archive_named_by_a_uri_is_refused_at_once(tmp_path, capsys):
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_evaluation_reads_the_export_and_shards_from_the_bucket_and_writes_its_report_there(
-    object_store,  # noqa: F811
+    object_store,
     export,
     bucket_export,
     bucket_shards,
@@ -92,9 +92,10 @@ def test_evaluation_reads_the_export_and_shards_from_the_bucket_and_writes_its_r
     assert metrics == json.loads((local / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_scoring_from_bucket_shards_into_the_bucket_resumes_there(
     ray_cluster,
-    object_store,  # noqa: F811
+    object_store,
     export,
     bucket_export,
     bucket_shards,
@@ -132,10 +133,11 @@ def test_scoring_from_bucket_shards_into_the_bucket_resumes_there(
     assert summary["records_in"] == summary["scored"] == 240 and summary["rejected"] == 0
 
 
-def test_a_serve_replica_loads_the_export_from_the_bucket(ray_cluster, object_store, export, bucket_export):  # noqa: F811
+@pytest.mark.slow
+def test_a_serve_replica_loads_the_export_from_the_bucket(serve_port, object_store, export, bucket_export):
     from pipelines.serve import ScoringService
 
-    with served(ScoringService.bind(bucket_export, "synthetic", TOKEN), "ecg-fm-bucket") as port:
+    with served(ScoringService.bind(bucket_export, "synthetic", TOKEN), "ecg-fm-bucket", serve_port) as port:
         url = f"http://127.0.0.1:{port}"
         health = requests.get(f"{url}/healthz", timeout=60).json()
         assert health["ready"] and health["model"]["name"] == "export"

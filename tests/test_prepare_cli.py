@@ -1,4 +1,5 @@
-"""`python -m pipelines.prepare` as a user runs it: wrong arguments fail fast, the default job runs."""
+"""`pipelines.prepare` as a user runs it: wrong arguments fail fast with a usage error (its `main`, in this
+process), the default job runs (`python -m pipelines.prepare`, a process of its own)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.prepare import main as prepare_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_prepare(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.prepare", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+def refused(capsys, *args: str) -> str:
+    """What `prepare` printed to stderr as it exited 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main(list(args))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -32,31 +35,41 @@ def run_prepare(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
         (["--source", "ptbxl", "--input", ".", "--output", "{tmp}/o", "--bandpass", "0.5", "300"], "fs/2 = 250"),
         (["--source", "ptbxl", "--input", ".", "--output", "{tmp}/o", "--limit", "0"], "--limit must be at least 1"),
         (["--source", "synthetic", "--input", "lots", "--output", "{tmp}/o"], "positive number of ECGs or a config file"),
-        (["--source", "ptbxl", "--input", "{tmp}", "--output", "{tmp}/o"], "is not a PTB-XL folder: ptbxl_database.csv is missing"),
     ],
 )
-def test_wrong_arguments_exit_nonzero_with_a_message(tmp_path, args, message):
-    result = run_prepare(*[a.replace("{tmp}", str(tmp_path)) for a in args])
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
+def test_wrong_arguments_exit_nonzero_with_a_message(tmp_path, capsys, args, message):
+    assert message in refused(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert not (tmp_path / "o").exists()
 
 
-def test_existing_output_is_not_overwritten_silently(tmp_path):
+def test_a_folder_that_is_not_an_archive_of_its_source_is_a_usage_error(ray_cluster, tmp_path, capsys, restore_logging):
+    message = refused(capsys, "--source", "ptbxl", "--input", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert "is not a PTB-XL folder: ptbxl_database.csv is missing" in message
+
+
+def test_existing_output_is_not_overwritten_silently(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text('{"records_in": 0, "shards": []}')  # a prepared dataset
-    result = run_prepare("--source", "ptbxl", "--input", ".", "--output", str(tmp_path))
-    assert result.returncode == 2 and "pass --overwrite" in result.stderr
+    assert "pass --overwrite" in refused(capsys, "--source", "ptbxl", "--input", ".", "--output", str(tmp_path))
 
 
-def test_help_explains_every_flag():
-    result = run_prepare("--help")
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main(["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
     for flag in ("--source", "--input", "--output", "--fs", "--seconds", "--normalize", "--report", "--limit",
                  "--min-report-words", "--long-records", "--bandpass", "--rows-per-shard", "--overwrite"):
-        assert flag in result.stdout
+        assert flag in printed
 
 
+@pytest.mark.slow
 def test_synthetic_default_job_runs_end_to_end(tmp_path):
     output = tmp_path / "synthetic"
-    result = run_prepare("--source", "synthetic", "--input", "300", "--output", str(output))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.prepare", "--source", "synthetic", "--input", "300", "--output", str(output)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["records_in"] == 300 == manifest["records_kept"] + manifest["records_rejected"]

@@ -17,7 +17,6 @@ from pipelines.retrieval import (
     check_k,
     check_text,
 )
-from tests.object_store import object_store  # noqa: F401 (a fixture)
 
 FINGERPRINT = "0123456789abcdef"
 
@@ -92,7 +91,7 @@ def test_a_saved_index_loads_and_answers_alike(tmp_path, exact_limit):
     assert "ecg-399" in loaded and "ecg-400" not in loaded
 
 
-def test_an_index_round_trips_through_an_object_store(object_store):  # noqa: F811
+def test_an_index_round_trips_through_an_object_store(object_store):
     vectors, queries = unit_vectors(300, 8, 6), unit_vectors(3, 8, 7)
     index = build(vectors, exact_limit=200)
     index.save(object_store.uri("scores/index"))

@@ -41,6 +41,7 @@ def archive(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_archive_scoring_accounts_for_every_record_and_matches_the_direct_path(ray_cluster, export, archive, tmp_path):
     output = tmp_path / "scores"
     summary = score(str(export), str(archive), str(output), source="ptbxl", part_size=300, batch_size=32)
@@ -72,6 +73,7 @@ def test_archive_scoring_accounts_for_every_record_and_matches_the_direct_path(r
     assert json.loads((output / "summary.json").read_text())["scored"] == 998
 
 
+@pytest.mark.slow
 def test_shard_scoring_with_custom_labels_and_embeddings(ray_cluster, export, synthetic_shards, tmp_path):
     output = tmp_path / "scores"
     summary = score(str(export), str(synthetic_shards), str(output), labels=["AFIB", "a normal ecg"], embeddings=True)
@@ -82,6 +84,7 @@ def test_shard_scoring_with_custom_labels_and_embeddings(ray_cluster, export, sy
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_records_rejected_while_listing_are_accounted_for(ray_cluster, export, tmp_path):
     """A duplicate id and an index row without its record are rejected by the lister; scoring lists them in
     rejected_listing.parquet with their reasons and counts them, instead of crashing on the table."""
@@ -106,6 +109,7 @@ def parts_on_disk(output) -> dict:
     return {p.relative_to(output).as_posix(): p.read_bytes() for p in sorted(output.rglob("*.parquet"))}
 
 
+@pytest.mark.slow
 def test_a_rerun_that_differs_is_refused_naming_the_difference(ray_cluster, export, small_archive, tmp_path):
     """Issue 13: a rerun with another part size wrote 900 rows for 600 ECGs; another label set mixed columns."""
     output = tmp_path / "scores"

@@ -51,6 +51,7 @@ def assert_same_evidence(written: list[dict], expected: list[dict]) -> None:
             )
 
 
+@pytest.mark.slow
 def test_evidence_of_the_top_labels_in_every_part_resumable_and_refused_with_other_options(
     ray_cluster, tiny_export, archive, tmp_path, capsys, restore_logging
 ):
@@ -85,6 +86,7 @@ def test_evidence_of_the_top_labels_in_every_part_resumable_and_refused_with_oth
     assert [part.stat().st_mtime_ns for part in parts] == stamps, "a refused rerun changes nothing"
 
 
+@pytest.mark.slow
 def test_every_given_label_is_explained_in_order(ray_cluster, tiny_export, archive, tmp_path):
     export, output, labels = tiny_export("melp"), tmp_path / "evidence", ["AFIB", "a normal ecg"]
     score(str(export), str(archive), str(output), source="ptbxl", part_size=8, labels=labels, explain=ExplainedLabels())

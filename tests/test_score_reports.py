@@ -47,6 +47,7 @@ def direct_drafts(scorer: Scorer, archive, ecg_ids: list[str], options: DraftOpt
     return scorer.draft(np.stack([p.signal for p in prepared]), np.stack([p.lead_mask for p in prepared]), options)
 
 
+@pytest.mark.slow
 def test_drafts_in_every_part_resumable_and_refused_with_other_options(
     ray_cluster, exports, archive, tmp_path, capsys, restore_logging
 ):

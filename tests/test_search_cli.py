@@ -20,6 +20,8 @@ from pipelines.search import score_parts
 from pipelines.storage import Location
 from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
 
+pytestmark = pytest.mark.slow  # every test searches the index of a whole scoring job
+
 
 @pytest.fixture(scope="module")
 def export(tiny_export):

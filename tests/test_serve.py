@@ -21,6 +21,8 @@ from pipelines.labels.zero_shot import task_scores
 from pipelines.synthetic import SyntheticConfig, generate_batch
 from tests.served import served
 
+pytestmark = pytest.mark.slow  # every test talks to a Serve app over HTTP
+
 TOKEN = "test-token"
 LIMIT = 6 * 2**20
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,10 +37,10 @@ def export(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, export):
+def url(serve_port, export):
     from pipelines.serve import ScoringService
 
-    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT), "ecg-fm-test") as port:
+    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT), "ecg-fm-test", serve_port) as port:
         yield f"http://127.0.0.1:{port}"
 
 

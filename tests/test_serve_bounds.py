@@ -42,10 +42,10 @@ def export(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def port(ray_cluster, export):
+def port(serve_port, export):
     from pipelines.serve import ScoringService
 
-    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT, BODY_TIMEOUT_S), "ecg-fm-bounds") as port:
+    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT, BODY_TIMEOUT_S), "ecg-fm-bounds", serve_port) as port:
         yield port
 
 
@@ -85,6 +85,7 @@ def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
 # Length -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_million_sample_ecg_is_refused_naming_the_bound(url):
     million = np.zeros((1, 1_000_000), dtype=np.int16)
     response = post(url, {"ecg": b64(million, "int16"), "fs": 50, "leads": ["II"]})
@@ -102,6 +103,7 @@ def test_cropping_before_resampling_keeps_the_first_window_exact(ecg):
     assert cropped.lead_mask.sum() == 3 and not cropped.signal[3:].any()
 
 
+@pytest.mark.slow
 def test_a_good_request_stays_fast_while_a_maximal_bad_one_is_processed(url, ecg):
     """Good-request latency (median of 8), each sent while the million-sample ECG of issue 13 is in
     flight from another client: within 2x of the quiet median."""
@@ -160,6 +162,7 @@ def read_until_closed(connection: socket.socket, timeout: float) -> bytes:
     raise AssertionError(f"connection still open after {timeout} s; received {received[:200]!r}")
 
 
+@pytest.mark.slow
 def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(port):
     head = (
         f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
@@ -171,6 +174,7 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(port):
     assert answer.startswith(b"HTTP/1.1 413") and b"limit" in answer
 
 
+@pytest.mark.slow
 def test_trickled_bodies_are_closed_and_do_not_stop_good_requests(port, url, ecg):
     head = (
         f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
@@ -224,6 +228,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "make", "status", "field"), BAD, ids=[c[0] for c in BAD])
 def test_bad_requests_get_a_small_4xx_naming_the_field(url, ecg, case, make, status, field):
     body = make(ecg)
@@ -234,11 +239,13 @@ def test_bad_requests_get_a_small_4xx_naming_the_field(url, ecg, case, make, sta
     assert len(response.content) < 2048 and "xxxx" not in response.text
 
 
+@pytest.mark.slow
 def test_validation_errors_do_not_echo_the_input(url, ecg):
     response = post(url, {"ecg": ecg.tolist(), "fs": "500", "ids": ["marker-0123"]})
     assert response.status_code == 422 and len(response.content) < 1024 and "marker" not in response.text
 
 
+@pytest.mark.slow
 def test_a_token_without_bearer_is_refused(url, ecg):
     assert post(url, {"ecg": b64(ecg)}, headers={"Authorization": TOKEN}).status_code == 401
     assert post(url, {"ecg": b64(ecg)}, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
@@ -247,6 +254,7 @@ def test_a_token_without_bearer_is_refused(url, ecg):
 # The binary body and /healthz ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_npy_body_scores_as_its_json_twin(url, ecg):
     leads = ["I", "II", "V2"]
     rows = ecg[[STANDARD_LEADS.index(name) for name in leads]]
@@ -271,6 +279,7 @@ def test_a_npy_body_scores_as_its_json_twin(url, ecg):
     assert embedded.status_code == 200 and len(embedded.json()["results"]) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "params", "field"),
     [
@@ -289,6 +298,7 @@ def test_bad_npy_bodies_get_a_422(url, body, params, field):
     assert response.status_code == 422 and response.json()["field"] == field, response.text
 
 
+@pytest.mark.slow
 def test_healthz_reports_readiness_and_identity(url, export):
     body = requests.get(f"{url}/healthz", timeout=10).json()
     assert body["status"] == "ok" and body["ready"] is True and body["task"] == "synthetic"
@@ -305,6 +315,7 @@ def test_healthz_reports_readiness_and_identity(url, export):
 LEAKS = re.compile(r"Traceback|File \"|/(?:home|root|tmp|usr|work)/|site-packages|\.py\b")
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_5xx_and_no_leak(url):
     import schemathesis
     from hypothesis import HealthCheck, given, settings

@@ -21,6 +21,8 @@ from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_batch
 from tests.served import served
 
+pytestmark = pytest.mark.slow  # every test talks to a Serve app over HTTP
+
 TOKEN = "explain-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LABELS = ["AFIB", "SR", "sinus rhythm with a long pr interval"]
@@ -32,10 +34,10 @@ def export(tiny_export):
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, export):
+def url(serve_port, export):
     from pipelines.serve import ScoringService
 
-    with served(ScoringService.bind(str(export), "synthetic", TOKEN), "ecg-fm-explain") as port:
+    with served(ScoringService.bind(str(export), "synthetic", TOKEN), "ecg-fm-explain", serve_port) as port:
         yield f"http://127.0.0.1:{port}"
 
 

@@ -21,6 +21,8 @@ from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_batch
 from tests.served import served
 
+pytestmark = pytest.mark.slow  # every test talks to a Serve app over HTTP
+
 TOKEN = "report-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HALF_A_CPU = {"num_cpus": 0.5}
@@ -33,14 +35,14 @@ def exports(tiny_export) -> dict:
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, exports):
+def url(serve_port, exports):
     """The MELP export served at /, the C-MELT export at /cmelt."""
     from ray import serve
 
     from pipelines.serve import ScoringService
 
     melp = ScoringService.options(ray_actor_options=HALF_A_CPU).bind(str(exports["melp"]), "synthetic", TOKEN)
-    with served(melp, "ecg-fm-report") as port:
+    with served(melp, "ecg-fm-report", serve_port) as port:
         cmelt = ScoringService.options(ray_actor_options=HALF_A_CPU).bind(str(exports["cmelt"]), "synthetic", TOKEN)
         serve.run(cmelt, name="ecg-fm-cmelt", route_prefix="/cmelt")
         yield f"http://127.0.0.1:{port}"

@@ -67,7 +67,7 @@ def saved_index(indexed, fingerprint: str, model: str, where) -> str:
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, export, indexed, tmp_path_factory):
+def url(serve_port, export, indexed, tmp_path_factory):
     """The export with its index at /, without an index at /plain."""
     from ray import serve
 
@@ -75,7 +75,7 @@ def url(ray_cluster, export, indexed, tmp_path_factory):
 
     index = saved_index(indexed, export_fingerprint(export), str(export), tmp_path_factory.mktemp("search-index"))
     with_index = ScoringService.options(ray_actor_options=HALF_A_CPU).bind(str(export), "synthetic", TOKEN, index=index)
-    with served(with_index, "ecg-fm-search") as port:
+    with served(with_index, "ecg-fm-search", serve_port) as port:
         plain = ScoringService.options(ray_actor_options=HALF_A_CPU).bind(str(export), "synthetic", TOKEN)
         serve.run(plain, name="ecg-fm-plain", route_prefix="/plain")
         yield f"http://127.0.0.1:{port}"
@@ -87,6 +87,7 @@ def post(url: str, body, route: str = "/v1/search", content_type: str = "applica
     return requests.post(f"{url}{route}", data=data, headers=headers, timeout=60, **kwargs)
 
 
+@pytest.mark.slow
 def test_an_indexed_ecg_finds_itself_first(url, ecgs):
     response = post(url, {"ecg": ecgs[[3, 17]].tolist(), "ids": ["q3", "q17"], "k": 5})
     assert response.status_code == 200, response.text
@@ -98,6 +99,7 @@ def test_an_indexed_ecg_finds_itself_first(url, ecgs):
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
 
+@pytest.mark.slow
 def test_a_text_query_equals_brute_force_cosine(url, scorer, indexed):
     text = "atrial fibrillation with a rapid ventricular response"
     response = post(url, {"text": text, "k": 7, "ids": ["af"]})
@@ -111,6 +113,7 @@ def test_a_text_query_equals_brute_force_cosine(url, scorer, indexed):
     assert post(url, {"text": text}).json()["results"][0]["id"] == "text-0"
 
 
+@pytest.mark.slow
 def test_a_npy_ecg_query(url, ecgs):
     buffer = io.BytesIO()
     np.save(buffer, ecgs[5])
@@ -120,6 +123,7 @@ def test_a_npy_ecg_query(url, ecgs):
     assert len(hits) == 2 and hits[0]["ecg_id"] == "syn-5"
 
 
+@pytest.mark.slow
 def test_k_beyond_the_index_gives_every_ecg(url):
     hits = post(url, {"text": "sinus rhythm", "k": N_INDEXED + 10}).json()["results"][0]["hits"]
     assert sorted(h["ecg_id"] for h in hits) == sorted(f"syn-{i}" for i in range(N_INDEXED))
@@ -140,6 +144,7 @@ BAD_QUERIES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "body", "named"), BAD_QUERIES, ids=[c[0] for c in BAD_QUERIES])
 def test_bad_queries_get_a_422_naming_the_field(url, case, body, named):
     response = post(url, body)
@@ -148,12 +153,14 @@ def test_bad_queries_get_a_422_naming_the_field(url, case, body, named):
     assert len(response.content) < 2048, "the input is not echoed back"
 
 
+@pytest.mark.slow
 def test_k_bound_is_documented(url):
     spec = requests.get(f"{url}/openapi.json", headers=AUTH, timeout=10).json()
     body = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["k"]["maximum"] == MAX_K and "text" in body["properties"]
 
 
+@pytest.mark.slow
 def test_without_an_index_search_answers_409_and_health_says_so(url, export):
     response = post(url, {"text": "sinus rhythm"}, route="/plain/v1/search")
     assert response.status_code == 409 and response.json()["field"] == "index"
@@ -164,6 +171,7 @@ def test_without_an_index_search_answers_409_and_health_says_so(url, export):
     assert health["model"]["fingerprint"] == export_fingerprint(export)
 
 
+@pytest.mark.slow
 def test_an_index_of_another_model_stops_the_deployment(url, export, indexed, tmp_path):
     """The replica refuses to start: `serve.run` fails, the deployment's status names both fingerprints."""
     from ray import serve

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from pipelines.storage import CACHE_ENV, Location, cached_copy
-from tests.object_store import object_store  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def local_folder(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-def test_paths_and_uris_are_named_alike(object_store, tmp_path, monkeypatch):  # noqa: F811
+def test_paths_and_uris_are_named_alike(object_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     local = Location.of("runs/x")
     assert local.is_local and local.uri == str(tmp_path / "runs/x") and local.name == "x"
@@ -40,7 +39,7 @@ def test_paths_and_uris_are_named_alike(object_store, tmp_path, monkeypatch):  #
     assert remote.child("export").uri == f"s3://{object_store.bucket}/runs/x/export"
 
 
-def test_files_in_the_bucket_are_written_listed_read_and_deleted(object_store):  # noqa: F811
+def test_files_in_the_bucket_are_written_listed_read_and_deleted(object_store):
     run = Location.of(object_store.uri("runs/rw"))
     assert run.is_empty_or_missing() and not run.exists() and run.files() == []
     (run / "metrics.json").write_json({"step": 40})
@@ -56,7 +55,7 @@ def test_files_in_the_bucket_are_written_listed_read_and_deleted(object_store): 
     assert object_store.keys("runs/rw") == [] and not run.exists()
 
 
-def test_a_folder_goes_up_and_comes_back_whole(object_store, tmp_path):  # noqa: F811
+def test_a_folder_goes_up_and_comes_back_whole(object_store, tmp_path):
     files = {"config.json": b"{}", "model.safetensors": os.urandom(3 * 2**20), "nested/deep/part.bin": b"x"}
     remote = Location.of(object_store.uri("runs/updown/export"))
     remote.upload_from(local_folder(tmp_path / "up", files))
@@ -75,7 +74,7 @@ def test_cached_copy_of_a_local_folder_is_the_folder(tmp_path, cache):
     assert not cache.exists()
 
 
-def test_cached_copy_is_downloaded_once_and_again_when_the_folder_changes(object_store, tmp_path, cache):  # noqa: F811
+def test_cached_copy_is_downloaded_once_and_again_when_the_folder_changes(object_store, tmp_path, cache):
     uri = object_store.uri("runs/cached/export")
     Location.of(uri).upload_from(local_folder(tmp_path / "v1", {"config.json": b'{"v": 1}', "weights.bin": b"1" * 100}))
     copy = cached_copy(uri)
@@ -91,6 +90,6 @@ def test_cached_copy_is_downloaded_once_and_again_when_the_folder_changes(object
     assert sorted(p.name for p in cache.iterdir()) == [again.name]  # no download folder left behind
 
 
-def test_cached_copy_of_an_empty_prefix_says_what_to_check(object_store, cache):  # noqa: F811
+def test_cached_copy_of_an_empty_prefix_says_what_to_check(object_store, cache):
     with pytest.raises(ValueError, match="holds no file"):
         cached_copy(object_store.uri("runs/never-written"))

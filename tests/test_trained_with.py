@@ -62,6 +62,7 @@ def run(shards, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run):
     saved = json.loads((run / "export" / "config.json").read_text())
     assert saved["format_version"] == 2
@@ -77,7 +78,8 @@ def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run):
     )
 
 
-def test_http_archive_scoring_and_the_shard_give_one_embedding(ray_cluster, run, shards, archive, tmp_path):
+@pytest.mark.slow
+def test_http_archive_scoring_and_the_shard_give_one_embedding(serve_port, run, shards, archive, tmp_path):
     from pipelines.serve import ScoringService
 
     export = run / "export"
@@ -90,7 +92,7 @@ def test_http_archive_scoring_and_the_shard_give_one_embedding(ray_cluster, run,
 
     listed = list_source("ptbxl", SourceOptions(input=archive, fs=PREPROCESSING.fs)).records
     record = read_record(listed.loc[listed["ecg_id"].str.endswith(ecg_id.split("/")[1]), "record_path"].iloc[0])
-    with served(ScoringService.bind(str(export)), "trained-with") as port:
+    with served(ScoringService.bind(str(export)), "trained-with", serve_port) as port:
         body = {
             "ecg": {
                 "b64": base64.b64encode(record.signal.astype("<f4").tobytes()).decode(),
@@ -116,6 +118,7 @@ def test_http_archive_scoring_and_the_shard_give_one_embedding(ray_cluster, run,
     assert set(next(iter(scored)).keys()) >= {f"score_{code}" for code in scorer.task.codes}
 
 
+@pytest.mark.slow
 def test_scoring_shards_prepared_otherwise_is_refused(ray_cluster, run, synthetic_shards, tmp_path):
     with pytest.raises(ValueError, match=r"preprocessing\.fs 500, but the model was trained on 100"):
         score(str(run / "export"), str(synthetic_shards), str(tmp_path / "scores"))
