@@ -174,3 +174,9 @@ def ptbxl_melp_run(ptbxl_shards, tmp_path_factory) -> tuple[Path, dict]:
         progress_every_s=0.0,
     )  # fmt: skip
     return run_dir, pretrain(str(ptbxl_shards), run_dir, resolve_config("tiny", "melp"), train, val_rows=64)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the 3-node cluster run last: the cluster starts when they begin and idles through no other test
+    (its raylets, agents and dashboard take CPU the rest of the suite would wait for)."""
+    items.sort(key=lambda item: "multinode_cluster" in getattr(item, "fixturenames", ()))
