@@ -3,8 +3,7 @@
 lose a node.
 
     with LocalRayCluster(head_cpus=0) as cluster:
-        cluster.add_node("node_a", cpus=1)
-        cluster.add_node("node_b", cpus=1)
+        cluster.add_node("node_a", "node_b", cpus=1)
         cluster.submit(["python", "-m", "pipelines.pretrain", ...], runtime_env="cluster/runtime_env.yaml")
         cluster.kill_node("node_b")          # SIGKILL that node's raylet and everything it started
 
@@ -87,12 +86,14 @@ class LocalRayCluster:
                              "--dashboard-port", str(dashboard)])
         self._wait_for_jobs_api(timeout_s=120)
 
-    def add_node(self, name: str, cpus: int = 1, resources: dict | None = None) -> None:
-        """A worker node with `cpus` CPUs and a custom resource `{name: 1}` (tests place work per node with
-        it), plus `resources`; waits until the cluster counts it."""
-        self._start(name, ["--address", f"127.0.0.1:{self.gcs_port}", "--num-cpus", str(cpus),
-                           "--resources", json.dumps({name: 1, **(resources or {})})])
-        self.wait_for_resource(name, present=True)
+    def add_node(self, *names: str, cpus: int = 1, resources: dict | None = None) -> None:
+        """Worker nodes, each with `cpus` CPUs and a custom resource `{name: 1}` (tests place work per node with
+        it), plus `resources`; started together, then waited for until the cluster counts every one."""
+        for name in names:
+            self._start(name, ["--address", f"127.0.0.1:{self.gcs_port}", "--num-cpus", str(cpus),
+                               "--resources", json.dumps({name: 1, **(resources or {})})])
+        for name in names:
+            self.wait_for_resource(name, present=True)
 
     def kill_node(self, name: str) -> None:
         """Lose a node: SIGKILL its raylet and every process that runs out of its temp dir (its workers),
@@ -200,6 +201,5 @@ def multinode_cluster() -> Iterator[LocalRayCluster]:
     """The session's 3-node cluster: a head with no CPU (it runs job drivers, Train controllers and Serve's
     proxy) and worker nodes `node_a`, `node_b` with one CPU each."""
     with LocalRayCluster(head_cpus=0) as cluster:
-        cluster.add_node("node_a", cpus=1)
-        cluster.add_node("node_b", cpus=1)
+        cluster.add_node("node_a", "node_b", cpus=1)
         yield cluster

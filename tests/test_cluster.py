@@ -98,8 +98,7 @@ def run(cluster, runtime_env, object_store, shards) -> ElasticRun:
     workers, the run goes on at one from that checkpoint (ZeRO-2 state resharded), and when a node joins again it
     grows back to two. The trainer nodes are the run's own and go when it ends."""
     uri = object_store.uri("runs/elastic")
-    for node in TRAINER_NODES:
-        cluster.add_node(node, cpus=1, resources=TRAINER)
+    cluster.add_node(*TRAINER_NODES, cpus=1, resources=TRAINER)
     try:
         submitted = cluster.submit(
             ["python", "-m", "pipelines.pretrain", "--data", shards, "--output", uri, *PRETRAIN],
