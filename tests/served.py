@@ -7,31 +7,30 @@ its module to hold CPUs the next tests need.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tests.ray_cluster import free_ports
 
 
 def start_proxy() -> int:
     """Start Serve with its HTTP proxy on a free 127.0.0.1 port; the port."""
     from ray import serve
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports(1)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port
 
 
 @contextmanager
-def served(app, name: str, port: int) -> Iterator[int]:
-    """Run `app` (a bound deployment) at `/` as `name` behind the proxy on `port`, yield the port; delete every
-    app afterwards, those the test ran beside it too."""
+def served(app, name: str) -> Iterator[None]:
+    """Run `app` (a bound deployment) at `/` as `name` behind the session's proxy; delete every app afterwards,
+    those the test ran beside it too."""
     from ray import serve
 
     try:
         serve.run(app, name=name, route_prefix="/")
-        yield port
+        yield
     finally:
         for running in serve.status().applications:
             serve.delete(running)

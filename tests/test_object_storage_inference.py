@@ -137,8 +137,8 @@ def test_scoring_from_bucket_shards_into_the_bucket_resumes_there(
 def test_a_serve_replica_loads_the_export_from_the_bucket(serve_port, object_store, export, bucket_export):
     from pipelines.serve import ScoringService
 
-    with served(ScoringService.bind(bucket_export, "synthetic", TOKEN), "ecg-fm-bucket", serve_port) as port:
-        url = f"http://127.0.0.1:{port}"
+    with served(ScoringService.bind(bucket_export, "synthetic", TOKEN), "ecg-fm-bucket"):
+        url = f"http://127.0.0.1:{serve_port}"
         health = requests.get(f"{url}/healthz", timeout=60).json()
         assert health["ready"] and health["model"]["name"] == "export"
         assert health["model"]["fingerprint"] == export_fingerprint(export)

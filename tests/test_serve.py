@@ -40,8 +40,8 @@ def export(tmp_path_factory):
 def url(serve_port, export):
     from pipelines.serve import ScoringService
 
-    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT), "ecg-fm-test", serve_port) as port:
-        yield f"http://127.0.0.1:{port}"
+    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT), "ecg-fm-test"):
+        yield f"http://127.0.0.1:{serve_port}"
 
 
 @pytest.fixture(scope="module")

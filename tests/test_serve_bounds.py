@@ -45,8 +45,8 @@ def export(tmp_path_factory):
 def port(serve_port, export):
     from pipelines.serve import ScoringService
 
-    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT, BODY_TIMEOUT_S), "ecg-fm-bounds", serve_port) as port:
-        yield port
+    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT, BODY_TIMEOUT_S), "ecg-fm-bounds"):
+        yield serve_port
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ def export(tiny_export):
 def url(serve_port, export):
     from pipelines.serve import ScoringService
 
-    with served(ScoringService.bind(str(export), "synthetic", TOKEN), "ecg-fm-explain", serve_port) as port:
-        yield f"http://127.0.0.1:{port}"
+    with served(ScoringService.bind(str(export), "synthetic", TOKEN), "ecg-fm-explain"):
+        yield f"http://127.0.0.1:{serve_port}"
 
 
 @pytest.fixture(scope="module")

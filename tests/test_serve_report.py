@@ -42,10 +42,10 @@ def url(serve_port, exports):
     from pipelines.serve import ScoringService
 
     melp = ScoringService.options(ray_actor_options=HALF_A_CPU).bind(str(exports["melp"]), "synthetic", TOKEN)
-    with served(melp, "ecg-fm-report", serve_port) as port:
+    with served(melp, "ecg-fm-report"):
         cmelt = ScoringService.options(ray_actor_options=HALF_A_CPU).bind(str(exports["cmelt"]), "synthetic", TOKEN)
         serve.run(cmelt, name="ecg-fm-cmelt", route_prefix="/cmelt")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{serve_port}"
 
 
 @pytest.fixture(scope="module")

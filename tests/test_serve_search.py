@@ -75,10 +75,10 @@ def url(serve_port, export, indexed, tmp_path_factory):
 
     index = saved_index(indexed, export_fingerprint(export), str(export), tmp_path_factory.mktemp("search-index"))
     with_index = ScoringService.options(ray_actor_options=HALF_A_CPU).bind(str(export), "synthetic", TOKEN, index=index)
-    with served(with_index, "ecg-fm-search", serve_port) as port:
+    with served(with_index, "ecg-fm-search"):
         plain = ScoringService.options(ray_actor_options=HALF_A_CPU).bind(str(export), "synthetic", TOKEN)
         serve.run(plain, name="ecg-fm-plain", route_prefix="/plain")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{serve_port}"
 
 
 def post(url: str, body, route: str = "/v1/search", content_type: str = "application/json", **kwargs):

@@ -92,7 +92,7 @@ def test_http_archive_scoring_and_the_shard_give_one_embedding(serve_port, run, 
 
     listed = list_source("ptbxl", SourceOptions(input=archive, fs=PREPROCESSING.fs)).records
     record = read_record(listed.loc[listed["ecg_id"].str.endswith(ecg_id.split("/")[1]), "record_path"].iloc[0])
-    with served(ScoringService.bind(str(export)), "trained-with", serve_port) as port:
+    with served(ScoringService.bind(str(export)), "trained-with"):
         body = {
             "ecg": {
                 "b64": base64.b64encode(record.signal.astype("<f4").tobytes()).decode(),
@@ -101,10 +101,10 @@ def test_http_archive_scoring_and_the_shard_give_one_embedding(serve_port, run, 
             "fs": record.fs,
             "leads": record.lead_names,
         }
-        response = requests.post(f"http://127.0.0.1:{port}/v1/embed", json=body, timeout=60)
+        response = requests.post(f"http://127.0.0.1:{serve_port}/v1/embed", json=body, timeout=60)
         assert response.status_code == 200, response.text
         over_http = np.array(response.json()["results"][0]["embedding"])
-        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).json()
+        health = requests.get(f"http://127.0.0.1:{serve_port}/healthz", timeout=30).json()
         assert health["task"] == "ptbxl-rhythm"  # the served label set is the export's
 
     summary = score(str(export), str(archive), str(tmp_path / "scores"), source="ptbxl", embeddings=True, part_size=80)
