@@ -40,7 +40,8 @@ def default_model_dir() -> Path:
 
 
 def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The encoder and tokenizer for the offline default, `random:<size>`, a local folder or a hub name."""
+    """The encoder and tokenizer for the offline default, `random:<size>`, a local folder or a hub name (a
+    folder's URI is made local by `pipelines.training.run_model` first)."""
     if name_or_path == DEFAULT_TEXT_MODEL:
         name_or_path = str(default_model_dir())
     if name_or_path.startswith(RANDOM_PREFIX):

@@ -117,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 finetune_config=finetune_config,
                 draft_options=draft_options,
                 explain=args.explain,
+                train_storage=output.uri,  # a bucket output: fine-tuning workers on any node write there
             )
         except ValueError as error:  # the export, the shards or the task do not fit together
             parser.error(str(error))

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections import deque
 from pathlib import Path
 
 OWN_LOGGERS = ("pipelines", "models", "tune")
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "DeepSpeed", "transformers")
+"""Loggers whose own console handlers are taken off: their records go to our file, and to the console at ERROR."""
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _ConsoleFilter(logging.Filter):
@@ -78,12 +82,42 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> None:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "DeepSpeed"):
+    for name in LIBRARY_LOGGERS:
+        if not isinstance(logging.Logger.manager.loggerDict.get(name), logging.Logger):
+            _create_without_console(name)  # a library imported later (DeepSpeed, lazily) finds it made
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):  # their own console handlers: records reach ours instead
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)
         logger.propagate = True
+
+
+class _WithoutConsoleOfItsOwn(logging.Logger):
+    """A library's logger made before the library is imported: the console handler the library adds to it
+    (DeepSpeed's `StreamHandler(sys.stdout)`, with `propagate = False`) is dropped and propagation stays on,
+    so its records ("Setting accelerator to CPU") reach our handlers: the file, and the console at ERROR."""
+
+    def addHandler(self, handler: logging.Handler) -> None:
+        if type(handler) is not logging.StreamHandler:
+            super().addHandler(handler)
+
+    @property
+    def propagate(self) -> bool:
+        return True
+
+    @propagate.setter
+    def propagate(self, value: bool) -> None:
+        pass
+
+
+def _create_without_console(name: str) -> None:
+    manager = logging.Logger.manager
+    default = manager.loggerClass
+    manager.setLoggerClass(_WithoutConsoleOfItsOwn)
+    try:
+        logging.getLogger(name)
+    finally:
+        manager.loggerClass = default
 
 
 def file_handler(path: str | os.PathLike) -> logging.FileHandler:
@@ -105,10 +139,30 @@ def init_ray(address: str | None = None, **options):
         return None
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # Ray's own forwarded lines without escape codes
+    _raylet_messages_to_log()
     context = ray.init(address=address, log_to_driver=False, configure_logging=False, **options)
     DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     setup_logging(_current_log_file())  # ray.init may have added console handlers of its own
     return context
+
+
+def _raylet_messages_to_log() -> None:
+    """Route what the raylet publishes to drivers through logging (`ray.raylet`): warnings such as "N PYTHON
+    worker processes have been started" reach the log file only, errors (a worker killed, memory running low)
+    the console too. Ray prints them to stdout itself, with colour codes and a dedup footer, even without
+    log_to_driver, and has no public hook for them: its printer (`ray._private.worker.print_to_stdstream`,
+    called by the thread that listens for these messages, and with log_to_driver off by nothing else) is
+    replaced."""
+    import ray._private.worker as ray_worker
+
+    raylet = logging.getLogger("ray.raylet")
+
+    def log_messages(data: dict, ignore_prefix: bool = False) -> None:
+        for message in data.get("lines", []):
+            text = ANSI_ESCAPE.sub("", message).strip()
+            raylet.log(logging.WARNING if text.startswith("WARNING") else logging.ERROR, "%s", text)
+
+    ray_worker.print_to_stdstream = log_messages
 
 
 def _current_log_file() -> str | None:

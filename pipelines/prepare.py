@@ -25,9 +25,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from pipelines.data.leads import STANDARD_LEADS
@@ -35,12 +37,14 @@ from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.records import RecordOptions, prepare_batch
 from pipelines.data.rejection_hint import dominant_rejection_hint
 from pipelines.data.shard_sink import ShardSink
-from pipelines.data.sources import Listing, SourceOptions, archive_uri_problem, list_source
+from pipelines.data.sources import SourceOptions, archive_uri_problem, list_source
 from pipelines.data.trained_with import MANIFEST_FILE
 from pipelines.labels.concept_reports import statements_of
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import OutputRefused, check_output, mark, written_beside
 from pipelines.progress import ProgressLine
+from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
+from pipelines.synthetic.read_task import chunk_table, generate_and_prepare
 
 log = logging.getLogger("pipelines.prepare")
 
@@ -56,23 +60,32 @@ def prepare(
     batch_size: int = 64,
     rows_per_shard: int = 512,
     progress_interval_s: float = 5.0,
+    generate: SyntheticConfig | None = None,
 ) -> dict:
-    """Run the prepare stage on the current Ray cluster (started locally if none); returns the manifest."""
+    """Run the prepare stage on the current Ray cluster (started locally if none); returns the manifest.
+    With `generate` (source synthetic), no archive is read: each read task generates its chunks of those
+    ECGs on its own node and prepares them there (`pipelines.synthetic.read_task`)."""
     started = time.time()
     if source == "synthetic":
         # The generator writes its machine-style report; "raw" takes it as written.
         options = replace(options, source_name=options.source_name or "synthetic", report=options.report or "raw")
-        listing = list_source("ptbxl", options)
-    else:
-        listing = list_source(source, options)
     if options.report == "labels" and options.label_statements is not None:
         records = replace(records, label_statements=options.label_statements)
-    log.info(
-        "prepare: listed %s records from %s (%s rejected while listing)",
-        f"{listing.records_in:,}",
-        options.input,
-        f"{len(listing.rejected):,}",
-    )
+    if generate is not None:
+        work, records_in, listing_rejected = chunk_table(generate), generate.n, []
+        rows_per_task, read_task = 1, partial(generate_and_prepare, config=generate, options=options)
+        log.info("prepare: %s synthetic ECGs, generated in the read tasks", f"{records_in:,}")
+    else:
+        listing = list_source("ptbxl" if source == "synthetic" else source, options)
+        work = pa.Table.from_pandas(listing.records, preserve_index=False)
+        records_in, listing_rejected = listing.records_in, listing.rejected
+        rows_per_task, read_task = batch_size, _read_task
+        log.info(
+            "prepare: listed %s records from %s (%s rejected while listing)",
+            f"{records_in:,}",
+            options.input,
+            f"{len(listing_rejected):,}",
+        )
     if not ray.is_initialized():
         ray.init()
     sink = ShardSink(
@@ -80,11 +93,11 @@ def prepare(
         n_samples=preprocess.n_samples,
         fs=preprocess.fs,
         rows_per_shard=rows_per_shard,
-        listing_rejected=listing.rejected,
-        records_in=listing.records_in,
+        listing_rejected=listing_rejected,
+        records_in=records_in,
         manifest_fields={
             "source": source,
-            "input": str(options.input),
+            "input": str(options.input) if generate is None else f"generated: {generate.n} ECGs, seed {generate.seed}",
             "report": options.report,
             "preprocessing": {**preprocess.to_dict(), "leads": list(STANDARD_LEADS)},
             "record_rules": {k: v for k, v in asdict(records).items() if k != "label_statements"},
@@ -92,35 +105,42 @@ def prepare(
         },
         started=started,
     )
-    with ProgressLine("prepare", total=len(listing.records), interval_s=progress_interval_s) as progress:
-        dataset = _listing_dataset(listing, blocks_of=batch_size * 4).map_batches(
-            _read_task,
-            batch_size=batch_size,
+    with ProgressLine("prepare", total=records_in - len(listing_rejected), interval_s=progress_interval_s) as progress:
+        dataset = _blocks(work, rows_per_task * 4).map_batches(
+            _counted,
+            batch_size=rows_per_task,
             batch_format="pyarrow",
-            fn_kwargs={"preprocess": preprocess, "records": records, "counter": progress.counter},
+            fn_kwargs={"read": read_task, "preprocess": preprocess, "records": records, "counter": progress.counter},
         )
         dataset.write_datasink(sink)
     return sink.manifest
 
 
-def _listing_dataset(listing: Listing, blocks_of: int) -> ray.data.Dataset:
-    """The record list as a dataset of blocks of `blocks_of` rows, so reading spreads over tasks."""
-    table = pa.Table.from_pandas(listing.records, preserve_index=False)
-    return ray.data.from_arrow([table.slice(start, blocks_of) for start in range(0, max(table.num_rows, 1), blocks_of)])
+def _blocks(table: pa.Table, rows: int) -> ray.data.Dataset:
+    """The work list as a dataset of blocks of `rows` rows, so reading spreads over tasks."""
+    return ray.data.from_arrow([table.slice(start, rows) for start in range(0, max(table.num_rows, 1), rows)])
 
 
-def _read_task(batch: pa.Table, preprocess: PreprocessConfig, records: RecordOptions, counter) -> pa.Table:
-    """prepare_batch, plus a progress report of the batch to the driver's counter."""
-    table = prepare_batch(batch, preprocess, records)
-    counter.add.remote(len(batch), table.num_rows - table["reject_reason"].null_count)
+def _read_task(batch: pa.Table, preprocess: PreprocessConfig, records: RecordOptions) -> pa.Table:
+    return prepare_batch(batch, preprocess, records)
+
+
+def _counted(batch: pa.Table, read, preprocess: PreprocessConfig, records: RecordOptions, counter) -> pa.Table:
+    """`read(batch)`, plus a progress report of the records it read to the driver's counter."""
+    table = read(batch, preprocess=preprocess, records=records)
+    records_read = pc.count_distinct(table["record_path"]).as_py()  # a long record's windows share its path
+    counter.add.remote(records_read, table.num_rows - table["reject_reason"].null_count)
     return table
 
 
-def generate_synthetic(spec: str, raw_dir: Path) -> Path:
-    """Write the synthetic PTB-XL-layout archive that `--source synthetic` prepares, in Ray tasks."""
-    from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
-
+def _synthetic_config(spec: str, limit: int | None) -> SyntheticConfig:
+    """`--input` of `--source synthetic`: a number of ECGs or a SyntheticConfig JSON file; `--limit` caps it."""
     config = SyntheticConfig.from_json(Path(spec)) if not spec.isdigit() else SyntheticConfig(n=int(spec))
+    return replace(config, n=min(config.n, limit)) if limit else config
+
+
+def generate_synthetic(config: SyntheticConfig, raw_dir: Path) -> Path:
+    """Write the synthetic PTB-XL-layout archive that `--source synthetic --raw-dir` prepares, in Ray tasks."""
     started = time.time()
     generate_ptbxl_layout(raw_dir, config, map_fn=_ray_map)
     elapsed = time.time() - started
@@ -165,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="records per read task batch")
     parser.add_argument("--rows-per-shard", type=int, default=512, help="upper bound of rows in one part-*.parquet")
     parser.add_argument("--raw-dir", default=None,
-                        help="synthetic only: where the generated WFDB archive goes (default: OUTPUT-wfdb)")
+                        help="synthetic only: also keep the generated ECGs as a WFDB archive in PTB-XL's layout here "
+                             "(on a cluster, a folder every node mounts) and prepare from it; by default each read "
+                             "task generates its ECGs on its own node and nothing but the shards is kept")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset prepare made in --output (written beside it, swapped in when complete; "
                              "any other folder is refused)")
@@ -204,11 +226,12 @@ def main(argv: list[str] | None = None) -> dict:
     with _written_in_full(output, made_with) as written:
         setup_logging(None if "://" in written else Path(written) / "logs" / "prepare.log")
         init_ray()
-        if args.source == "synthetic":
-            raw_dir = Path(args.raw_dir or f"{args.output.rstrip('/')}-wfdb").absolute()
-            input_dir = generate_synthetic(args.input, raw_dir)
+        generated = _synthetic_config(args.input, args.limit) if args.source == "synthetic" else None
+        if generated is not None and args.raw_dir:
+            input_dir = generate_synthetic(generated, Path(args.raw_dir).absolute())
+            generated = None
         else:
-            input_dir = Path(args.input).absolute()
+            input_dir = Path(args.input if generated is None else ".").absolute()
         options = SourceOptions(
             input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed,
             label_statements=statements_of("snomed") if args.source == "wfdb" and args.report == "labels" else None,
@@ -222,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
                 records=RecordOptions(min_report_words=args.min_report_words, seed=args.seed),
                 batch_size=args.batch_size,
                 rows_per_shard=args.rows_per_shard,
+                generate=generated,
             )
         except ValueError as error:  # a layout that is not what --source says
             parser.error(str(error))

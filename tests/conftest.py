@@ -1,6 +1,7 @@
 """Shared fixtures, each made once per session: a local Ray cluster, a 3-node one (`tests/ray_cluster.py`), an
 S3 server with a bucket per module (`tests/object_store.py`), a batch of synthetic shard rows, prepared shards,
-exports, and the real PTB-XL subset when CI provides it."""
+exports, and the real PTB-XL subset when CI provides it. The session writes only under its own folder and
+fails if it leaves a process, mount or folder behind (`tests/housekeeping.py`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests import housekeeping
 from tests.object_store import object_store, s3_server, session_env  # noqa: F401 (fixtures)
 from tests.ray_cluster import API_SERVER_ENV, free_ports, multinode_cluster  # noqa: F401 (a fixture)
 
@@ -92,6 +93,8 @@ def tiny_export(tmp_path_factory):
     made: dict[str, Path] = {}
 
     def export(objective: str = "melp") -> Path:
+        import torch
+
         if objective not in made:
             torch.manual_seed(0)
             made[objective] = tmp_path_factory.mktemp(f"tiny-{objective}-export")
@@ -176,7 +179,28 @@ def ptbxl_melp_run(ptbxl_shards, tmp_path_factory) -> tuple[Path, dict]:
     return run_dir, pretrain(str(ptbxl_shards), run_dir, resolve_config("tiny", "melp"), train, val_rows=64)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is imported (torch, Ray): the session's TMPDIR (`tests/housekeeping.py`)."""
+    housekeeping.use_session_tmp()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on the 3-node cluster run last: the cluster starts when they begin and idles through no other test
     (its raylets, agents and dashboard take CPU the rest of the suite would wait for)."""
     items.sort(key=lambda item: "multinode_cluster" in getattr(item, "fixturenames", ()))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """After every fixture has been torn down: fail the session if it left a process, a mount or a folder
+    behind (listed), end those processes, and remove the session's folder."""
+    left = housekeeping.leftovers()
+    if left:
+        housekeeping.end_leftovers()
+    housekeeping.remove_root()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_sep("!", f"left behind by the test session: {len(left)}", red=True)
+        for thing in left:
+            reporter.write_line(f"  {thing}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -27,6 +27,8 @@ from functools import cache
 
 import pytest
 
+from tests.housekeeping import end, spawn
+
 BUCKET = "ecg-fm-test"
 START_TIMEOUT_S = 30.0
 
@@ -96,7 +98,7 @@ def start_object_store() -> tuple[ObjectStore, subprocess.Popen]:
     env = session_env()
     endpoint = env["AWS_ENDPOINT_URL"]
     port = endpoint.rsplit(":", 1)[1]
-    server = subprocess.Popen(
+    server = spawn(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -106,8 +108,7 @@ def start_object_store() -> tuple[ObjectStore, subprocess.Popen]:
         _wait_until_up(endpoint, server)
         store.client().create_bucket(Bucket=BUCKET)
     except BaseException:
-        server.terminate()
-        server.wait(timeout=10)
+        end(server)
         raise
     return store, server
 
@@ -128,12 +129,7 @@ def s3_server() -> Iterator[ObjectStore]:
         try:
             yield store
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            end(server)
 
 
 @pytest.fixture(scope="module")

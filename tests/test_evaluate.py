@@ -1,5 +1,6 @@
 """Evaluation end to end: the session's short pretraining run on PTB-XL-500 (folds 1-8 train, 9 val), then
-zero-shot, linear probe and Ray Train fine-tuning on fold 10's superclasses, through the CLI."""
+zero-shot and linear probe on fold 10's superclasses, through the CLI. Ray Train fine-tuning through the same CLI
+is the cluster's evaluation job (tests/test_cluster.py): two workers on two nodes, checkpoints in the bucket."""
 
 from __future__ import annotations
 
@@ -23,12 +24,11 @@ def ptbxl_export(ptbxl_melp_run):
 
 
 @pytest.mark.slow
-def test_evaluate_cli_runs_every_mode_on_ptbxl_fold_10(ptbxl_export, ptbxl_shards, tmp_path, capsys):
+def test_evaluate_cli_scores_zero_shot_and_linear_probes_on_ptbxl_fold_10(ptbxl_export, ptbxl_shards, tmp_path, capsys):
     output = tmp_path / "eval"
     argv = [
         "--model", str(ptbxl_export), "--data", str(ptbxl_shards), "--task", "ptbxl-super",
-        "--mode", "zero-shot", "linear-probe", "finetune", "--output", str(output),
-        "--workers", "2", "train.epochs=2", "train.batch_size=16",
+        "--mode", "zero-shot", "linear-probe", "--output", str(output),
     ]  # fmt: skip
     assert evaluate_main(argv) == 0
     printed = capsys.readouterr().out
@@ -40,7 +40,6 @@ def test_evaluate_cli_runs_every_mode_on_ptbxl_fold_10(ptbxl_export, ptbxl_shard
     assert results["per_class_auroc"] == results["zero_shot"]["per_class_auroc"]
     assert set(results["linear_probe"]) == {"1%", "10%", "100%"}
     assert set(results["baselines"]) == {"random-weights", "report-text"}
-    assert results["finetune"]["epochs"] in (1, 2) and 0.0 <= results["finetune"]["macro_auroc"] <= 1.0
     assert f"macro AUROC {results['macro_auroc']:.3f}" in printed
 
     # The zero-shot figure is the model's own: recomputed here from the export with the shared code path.

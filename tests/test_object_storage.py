@@ -20,6 +20,7 @@ from pipelines.pretrain_lm import main as pretrain_lm_main
 from pipelines.storage import Location
 from pipelines.training.launch import TEXT_ENCODER_DIR
 from pipelines.training.run_directory import RunDirectory, scratch_folder
+from pipelines.training.run_model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--workers", "2", "train.batch_size=8", "train.warmup_steps=1", "train.progress_every_s=0"]
@@ -87,8 +88,11 @@ def test_stage_one_lives_in_the_bucket_resumes_from_it_and_hands_its_encoder_to_
     (run / "export").download_to(export)
     stage_one = ECGTextModel.from_pretrained(export)
     assert stage_one.config.objective.name == "melp-lm"
-    # Stage 2 takes the stage-1 encoder folder as its text tower: the same weights.
-    stage_two = ECGTextModel(resolve_config("tiny", "melp", {"text.name_or_path": str(export / TEXT_ENCODER_DIR)}))
+    # Stage 2 takes the stage-1 encoder folder in the bucket as its text tower, as each of its workers builds
+    # it (from the node's cached copy): the same weights, and the model's config still names the bucket.
+    encoder_uri = f"{run_uri}/export/{TEXT_ENCODER_DIR}"
+    stage_two = build_model(resolve_config("tiny", "melp", {"text.name_or_path": encoder_uri}))
+    assert stage_two.config.text.name_or_path == encoder_uri
     for name, tensor in stage_one.text.transformer.state_dict().items():
         torch.testing.assert_close(stage_two.text.transformer.state_dict()[name], tensor)
 

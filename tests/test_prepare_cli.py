@@ -75,8 +75,23 @@ def test_synthetic_default_job_runs_end_to_end(tmp_path):
     assert manifest["records_in"] == 300 == manifest["records_kept"] + manifest["records_rejected"]
     assert manifest["rows_by_source"] == {"synthetic": manifest["rows"]}
     assert set(manifest["rows_by_split"]) == {"train", "val", "test"}
-    assert "prepared 300 records" in result.stdout and "prepare: generated 300 synthetic ECGs" in result.stderr
+    assert "prepared 300 records" in result.stdout and "300 synthetic ECGs, generated in the read tasks" in result.stderr
     table = pq.ParquetDataset(sorted(output.glob("part-*.parquet"))).read(columns=["ecg_id", "report", "labels"])
     assert table["ecg_id"][0].as_py().startswith("synthetic/")
     assert all(report.endswith("ecg.") for report in table["report"].to_pylist())
-    assert (tmp_path / "synthetic-wfdb" / "ptbxl_database.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"], "no archive is kept beside the shards"
+
+
+@pytest.mark.slow
+def test_synthetic_ecgs_generated_in_the_read_tasks_are_those_a_kept_archive_holds(ray_cluster, tmp_path, restore_logging):
+    """`--raw-dir` keeps the generated archive and prepares from it; without it, each read task generates its
+    chunks on its own node. The shards are the same."""
+    common = ["--source", "synthetic", "--input", "300", "--limit", "270"]
+    kept = prepare_main([*common, "--output", str(tmp_path / "from-archive"), "--raw-dir", str(tmp_path / "raw")])
+    generated = prepare_main([*common, "--output", str(tmp_path / "generated")])
+    assert (tmp_path / "raw" / "ptbxl_database.csv").is_file()
+    assert kept["records_in"] == generated["records_in"] == 270 == generated["records_kept"]
+    assert kept["rows_by_split"] == generated["rows_by_split"]
+    columns = ["ecg_id", "patient_id", "signal", "report", "labels", "split"]
+    read = lambda name: pq.ParquetDataset(sorted((tmp_path / name).glob("part-*.parquet"))).read(columns=columns).sort_by("ecg_id")  # noqa: E731
+    assert read("from-archive").equals(read("generated"))

@@ -71,9 +71,8 @@ def test_the_cli_trains_cmelt_under_zero_2_and_its_console_is_readable(synthetic
     assert completed.returncode == 0, output[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     check_run(run_dir, metrics, metrics["total_steps"], "cmelt")
-    # Ray's raylet may still print one "(raylet) WARNING: N worker processes started" line of its own (a
-    # system message, not forwarded worker output); everything else is ours.
-    lines = [line for line in completed.stderr.splitlines() if line.strip() and not line.startswith("(raylet) WARNING")]
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert "(raylet)" not in output and "Setting accelerator" not in output, "Ray's and DeepSpeed's notices go to the log"
     table = completed.stdout.splitlines()
     repeated = [line for line, count in Counter(lines + table).items() if count > 1]
     assert not repeated, repeated
@@ -81,6 +80,7 @@ def test_the_cli_trains_cmelt_under_zero_2_and_its_console_is_readable(synthetic
     bar = output.find("\r")  # a progress bar (DeepSpeed's consolidation draws one with tqdm)
     assert bar == -1, repr(output[max(0, bar - 300) : bar + 100])
     assert lines[0].startswith("pretrain: cmelt on ") and "validation: zero-shot AUROC of task synthetic" in lines[0]
+    assert "pretrain: started on 2 workers" in lines, "the world size at start"
     progress = [line for line in lines if line.startswith("pretrain: step ")]
     epochs = [line for line in lines if line.startswith("pretrain: epoch ")]
     assert progress and [line.split(" · ")[0] for line in epochs] == ["pretrain: epoch 1", "pretrain: epoch 2"]

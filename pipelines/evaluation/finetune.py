@@ -3,14 +3,13 @@ DeepSpeed on the task's train split, the best epoch by val macro AUROC scored on
 
     result = finetune("runs/tiny/export", "data/ptbxl", load_task("ptbxl-super"), "runs/tiny/eval", FINETUNE_DEFAULTS)
 
-Each call starts afresh in `OUTPUT/finetune/` (Ray Train's storage: a checkpoint per epoch); within
-a call, a worker that fails is restarted from the last epoch's checkpoint.
+Each call starts afresh in `STORAGE/finetune/` (Ray Train's storage, a folder or a URI: a checkpoint per
+epoch); within a call, a worker that fails is restarted from the last epoch's checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import ray
@@ -35,11 +34,12 @@ STORAGE_NAME = "finetune"
 COLUMNS = ("signal", "lead_mask", "labels")
 
 
-def finetune(export_dir: str, data: str, task: Task, output: str | Path, config: TrainConfig) -> dict:
+def finetune(export_dir: str, data: str, task: Task, storage: str | Path, config: TrainConfig) -> dict:
     """Train, pick the best epoch, score the test split: macro_auroc, per_class_auroc, and the `scores`
-    [n, C] and `labels` of the test rows (for the report's ROC curves)."""
-    output = Path(output).resolve()
-    shutil.rmtree(output / STORAGE_NAME, ignore_errors=True)
+    [n, C] and `labels` of the test rows (for the report's ROC curves). Ray Train keeps its checkpoints under
+    `storage/finetune/` (on a cluster, a URI every node reaches: workers write there, the driver reads)."""
+    storage = Location.of(storage)
+    storage.child(STORAGE_NAME).delete()
     if not ray.is_initialized():
         ray.init()
     config = with_cpus_per_worker(config)
@@ -70,7 +70,7 @@ def finetune(export_dir: str, data: str, task: Task, output: str | Path, config:
             finetune_loop_per_worker,
             spec.to_dict(),
             config,
-            storage=output,
+            storage=storage.uri,
             name=STORAGE_NAME,
             datasets={"train": train, "val": val},
             score=("val_macro_auroc", "max"),

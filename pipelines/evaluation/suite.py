@@ -63,11 +63,13 @@ def evaluate_export(
     finetune_config: TrainConfig = FINETUNE_DEFAULTS,
     draft_options: DraftOptions = DraftOptions(),
     explain: int = 0,
+    train_storage: str | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Score the export (a folder or its URI) on `task` (a Task, a task name or class table, or None: the
     task the export's validation used; `prompts` replaces class prompts) over shards that must be prepared
     as the export's training data was; `draft_options` is report mode's search; `explain` N > 0 explains and
-    draws zero-shot's N best-scored positives per class (`evidence_figures.py`). (results, curves): `results`
+    draws zero-shot's N best-scored positives per class (`evidence_figures.py`); `train_storage` is where
+    finetune's Ray Train keeps checkpoints (default `output`; on a cluster a URI every node reaches). (results, curves): `results`
     is what metrics.json holds; `curves` the test scores [n, C] per method (zero-shot, finetune, …) and
     `targets` [n, C] for the ROC plot, over `results["codes"]`."""
     unknown = sorted(set(modes) - set(MODES))
@@ -141,7 +143,7 @@ def evaluate_export(
             results["baselines"].setdefault("random-weights", {})["linear_probe"] = probe
 
     if "finetune" in modes:
-        tuned = finetune(model_dir, data, task, output, finetune_config)
+        tuned = finetune(model_dir, data, task, train_storage or output, finetune_config)
         tuned_scores = tuned.pop("scores")[:, present]
         tuned.pop("labels")
         results["finetune"] = {**tuned, **_aurocs(tuned_scores, targets, codes)}

@@ -34,6 +34,8 @@ DATABASE_COLUMNS = (
     "ecg_id", "patient_id", "age", "sex", "report", "scp_codes", "heart_axis",
     "baseline_drift", "static_noise", "strat_fold", "filename_lr", "filename_hr",
 )  # fmt: skip
+CHUNK_SIZE = 256
+"""ECGs per chunk: what one task generates (and, with the seed, what the data depends on)."""
 ALL_LEADS = "alles"  # PTB-XL's noise columns name the affected leads; this is its word for all of them
 
 
@@ -47,6 +49,10 @@ def record_name(ecg_id: int, fs: int) -> str:
 def patient_fold(patient_id: int) -> int:
     """Stratification fold 1..10 of a patient: a stable hash, so every ECG of a patient shares it."""
     return zlib.crc32(str(patient_id).encode()) % N_FOLDS + 1
+
+
+def n_chunks(config: SyntheticConfig, chunk_size: int = CHUNK_SIZE) -> int:
+    return -(-config.n // chunk_size)
 
 
 def write_chunk(out_dir: str | os.PathLike, config: SyntheticConfig, chunk_index: int, chunk_size: int) -> list[dict]:
@@ -128,7 +134,7 @@ def write_tables(out_dir: str | os.PathLike, rows: Iterable[dict], config: Synth
 def generate_ptbxl_layout(
     out_dir: str | os.PathLike,
     config: SyntheticConfig,
-    chunk_size: int = 256,
+    chunk_size: int = CHUNK_SIZE,
     map_fn: Callable[[Callable[[int], list[dict]], Iterable[int]], Iterable[list[dict]]] = map,
 ) -> Path:
     """Write `config.n` ECGs under `out_dir` in PTB-XL's layout; chunks run through `map_fn`.
@@ -140,6 +146,6 @@ def generate_ptbxl_layout(
     def write(chunk_index: int) -> list[dict]:
         return write_chunk(out_dir, config, chunk_index, chunk_size)
 
-    chunks = map_fn(write, range(-(-config.n // chunk_size)))
+    chunks = map_fn(write, range(n_chunks(config, chunk_size)))
     write_tables(out_dir, [row for rows in chunks for row in rows], config)
     return Path(out_dir)

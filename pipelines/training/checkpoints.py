@@ -41,6 +41,7 @@ from models.config import ModelConfig
 from models.model import ECGTextModel
 from pipelines.data.trained_with import TrainedWith
 from pipelines.training.export_check import check_export
+from pipelines.training.run_model import build_model
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def export_checkpoint(
     """Rebuild the model from a training checkpoint, `save_pretrained` it to `output` with what it was
     trained with, and check that the export reproduces the live model's probe embeddings. Returns the
     model and that largest difference."""
-    model = ECGTextModel(config)
+    model = build_model(config)
     model.trained_with = trained_with.to_dict()
     with checkpoint.as_directory() as directory:
         state = consolidated_state_dict(directory)

@@ -26,7 +26,6 @@ import ray.train.torch
 import torch
 
 from models.config import ModelConfig
-from models.model import ECGTextModel
 from pipelines.labels.tasks import Task
 from pipelines.logs import file_handler
 from pipelines.storage import Location
@@ -37,6 +36,7 @@ from pipelines.training.engine import DTYPES, initialize_engine, resolve_precisi
 from pipelines.training.export_check import probe_embeddings, save_probe, take_probe
 from pipelines.training.meter import StepMeter
 from pipelines.training.run_directory import RunDirectory
+from pipelines.training.run_model import build_model
 from pipelines.training.validation import validate
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             spec.console.say.remote(f"pretrain: {line}")
 
     torch.manual_seed(train.seed)  # identical initial weights on every rank
-    model = ECGTextModel(ModelConfig.from_dict(spec.model)).to(device)
+    model = build_model(ModelConfig.from_dict(spec.model)).to(device)
     engine, scheduler = initialize_engine(
         model, train, spec.total_steps, precision, model.parameters_used_outside_their_module()
     )
@@ -101,6 +101,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state = restored.resized(world_size)
     if state.resizes != restored.resizes:
         say(f"resized {restored.world_size} → {world_size} workers at step {state.step} ({state.resizes[-1]['why']})")
+    else:
+        say(f"{'started' if state.step == 0 else f'resumed at step {state.step}'} on {world_size} workers")
     torch.manual_seed(train.seed + 7919 * rank + 104729 * state.step)  # masking and lead drop differ per rank
 
     collate = partial(collate_batch, model, dtype=dtype, device=device)

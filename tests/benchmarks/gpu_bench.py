@@ -45,9 +45,10 @@ from models.factory import create_model, resolve_config
 from models.model import ECGTextModel
 from pipelines.data.schema import lead_masks_of, signals_of
 from pipelines.data.sources import SourceOptions
-from pipelines.prepare import generate_synthetic, prepare
+from pipelines.prepare import prepare
 from pipelines.score import score
 from pipelines.serving.scorer import Scorer
+from pipelines.synthetic import SyntheticConfig
 from pipelines.training.config import TrainConfig
 from tests.benchmarks.bench_models import samples_per_second
 from tests.benchmarks.bench_pretrain import bare_loop, in_memory_batches, ray_loop
@@ -197,9 +198,8 @@ def tower_mfu(config_name: str, batch_size: int, peak_tflops: float | None) -> d
 def synthetic_shards(n: int, output: Path) -> dict:
     """Generate `n` synthetic ECGs and prepare them into shards at `output`, as `--source synthetic` does."""
     started = time.perf_counter()
-    raw = generate_synthetic(str(n), output.with_name("synthetic-wfdb"))
     output.mkdir(parents=True)  # prepare() writes into a folder its CLI has claimed
-    manifest = prepare("synthetic", SourceOptions(input=raw), str(output))
+    manifest = prepare("synthetic", SourceOptions(input=output), str(output), generate=SyntheticConfig(n=n))
     return {"ecgs": n, "rows_by_split": manifest["rows_by_split"], "seconds": time.perf_counter() - started}
 
 
