@@ -13,7 +13,7 @@ import pytest
 
 from tests import housekeeping
 from tests.object_store import object_store, s3_server, session_env  # noqa: F401 (fixtures)
-from tests.ray_cluster import API_SERVER_ENV, free_ports, multinode_cluster  # noqa: F401 (a fixture)
+from tests.ray_cluster import API_SERVER_ENV, free_ports, session_cluster
 
 SHARED_PTBXL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl-500"
 
@@ -45,7 +45,10 @@ def ray_cluster():
         include_dashboard=True,
         dashboard_port=dashboard_port,
         log_to_driver=False,
-        runtime_env={"env_vars": {**session_env(), API_SERVER_ENV: f"http://127.0.0.1:{dashboard_port}"}},
+        runtime_env={"env_vars": {**session_env(), API_SERVER_ENV: f"http://127.0.0.1:{dashboard_port}",
+                                  # A replica whose constructor refuses (a foreign index) fails its deployment
+                                  # at the first try, not the third: its refusal is deterministic.
+                                  "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1"}},
     )
     DataContext.get_current().enable_progress_bars = False
     yield ray
@@ -56,12 +59,29 @@ def ray_cluster():
 def serve_port(ray_cluster):
     """Serve's HTTP proxy on the session's cluster, started once: the port every test's app is served on in
     turn (`tests.served.served`)."""
+    import ray
     from ray import serve
 
     from tests.served import start_proxy
 
     yield start_proxy()
-    serve.shutdown()
+    if ray.is_initialized():  # not stopped already for the multi-node tests (Serve would start a Ray to stop)
+        serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def multinode_cluster():
+    """The session's 3-node cluster (`tests.ray_cluster.session_cluster`). Its tests run last (see
+    `pytest_collection_modifyitems`), so the session's local Ray and Serve are stopped first: no later test needs
+    them, and their idle raylet, controller and proxy would take CPU the cluster's nodes wait for."""
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+    yield from session_cluster()
 
 
 @pytest.fixture
@@ -186,8 +206,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on the 3-node cluster run last: the cluster starts when they begin and idles through no other test
-    (its raylets, agents and dashboard take CPU the rest of the suite would wait for)."""
+    (its raylets, agents and dashboard take CPU the rest of the suite would wait for), and the local Ray is
+    stopped when it starts. A test may not ask for both."""
     items.sort(key=lambda item: "multinode_cluster" in getattr(item, "fixturenames", ()))
+    both = [item.nodeid for item in items if {"multinode_cluster", "ray_cluster"} <= set(getattr(item, "fixturenames", ()))]
+    if both:
+        raise pytest.UsageError(f"tests ask for the local Ray and the 3-node cluster at once: {both}")
 
 
 @pytest.hookimpl(trylast=True)

@@ -20,7 +20,7 @@ are reached from every node.
 
 A node's processes are those in its mount namespace: a node is ended by killing each of them by pid, never by
 name and never with `ray stop` (which would stop every Ray on the machine), and its folder is removed. The
-session's cluster (`multinode_cluster`) is a head with no CPU and `node_a`, `node_b` with one CPU each; it
+session's cluster (`session_cluster`, the `multinode_cluster` fixture) is a head with no CPU and `node_a`, `node_b` with one CPU each; it
 starts when a test first asks for it and serves every multi-node test of the session. A test that loses a node
 adds one of its own to lose. Where `unshare` is refused (no CAP_SYS_ADMIN), the multi-node tests skip and say
 why.
@@ -52,6 +52,10 @@ API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 """Where a process's state-API calls go. Set to each cluster's own dashboard for its processes: with several Ray
 instances on one machine, the default ("auto") finds them all and fails."""
 OBJECT_STORE_BYTES = 200 * 2**20
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
+"""The head's health checks of each raylet every second instead of every 3 (as Ray's own node-death tests do): a
+killed node is marked dead after ~5 s, not ~15. A refused connection fails a check at once; a live raylet that
+does not answer still has 5 × the 10 s check timeout."""
 NODES_ROOT, NODE_HOME, NODE_WORK = SESSION_ROOT / "nodes", SESSION_ROOT / "home", SESSION_ROOT / "work"
 UNSHARE = ["unshare", "--mount", "--propagation", "private", "--pid", "--mount-proc", "--kill-child=SIGKILL"]
 """A mount namespace of the node's own, and a PID namespace whose init (the node's `sh`) dies with `unshare`, which
@@ -123,9 +127,10 @@ class LocalRayCluster:
     head_cpus: int = 2
     extra_env: dict = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
+    ports_taken: set[int] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
-        self.gcs_port, dashboard = free_ports(2)
+        self.gcs_port, dashboard = self._fresh_ports(2)
         self.address = f"http://127.0.0.1:{dashboard}"
         self.env = {
             **os.environ,
@@ -134,6 +139,7 @@ class LocalRayCluster:
             "RAY_USAGE_STATS_ENABLED": "0",
             API_SERVER_ENV: self.address,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            **FAST_NODE_DEATH,
         }
         for folder in (NODE_HOME, NODE_WORK):
             folder.mkdir(parents=True, exist_ok=True)
@@ -161,8 +167,8 @@ class LocalRayCluster:
         """Lose a node: SIGKILL every process in its mount namespace (its raylet, workers, and on the head the
         job drivers), as a preempted machine vanishes; then remove its folder."""
         node = self.nodes.pop(name)
-        kill_namespace(node.namespace)
-        end(node.process)
+        end(node.process)  # `unshare`: its child, the namespace's init, and with it every process there go too
+        kill_namespace(node.namespace)  # anything that was still on its way out
         shutil.rmtree(node.folder, ignore_errors=True)
 
     def wait_for_resource(self, name: str, present: bool, timeout_s: float = 90) -> None:
@@ -214,12 +220,21 @@ class LocalRayCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def _fresh_ports(self, n: int) -> list[int]:
+        """`n` free ports that this cluster has not handed out before: a port probed free and closed again can
+        be probed free a second time, and Ray refuses a node whose two components share one."""
+        while True:
+            ports = free_ports(n)
+            if self.ports_taken.isdisjoint(ports):
+                self.ports_taken.update(ports)
+                return ports
+
     def _start(self, name: str, arguments: list[str], project_installed: bool = False) -> None:
         folder = NODES_ROOT / name
         shutil.rmtree(folder, ignore_errors=True)  # a node of that name lost earlier
         for sub in ("keep", "tmp", "home", "work"):
             (folder / sub).mkdir(parents=True)
-        ports = free_ports(8)
+        ports = self._fresh_ports(8)
         worker_ports = 20000 + 2000 * len(self.nodes)
         command = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", *arguments,
                    "--object-store-memory", str(OBJECT_STORE_BYTES),
@@ -283,10 +298,10 @@ class LocalRayCluster:
         raise TimeoutError(f"the head's job API did not answer at {self.address} within {timeout_s} s")
 
 
-@pytest.fixture(scope="session")
-def multinode_cluster() -> Iterator[LocalRayCluster]:
-    """The session's 3-node cluster: a head with no CPU (it runs job drivers, Train controllers and Serve's
-    proxy) and worker nodes `node_a`, `node_b` with one CPU each, sharing nothing but the network."""
+def session_cluster() -> Iterator[LocalRayCluster]:
+    """The session's 3-node cluster (`multinode_cluster` in tests/conftest.py): a head with no CPU (it runs job
+    drivers, Train controllers and Serve's proxy) and worker nodes `node_a`, `node_b` with one CPU each, sharing
+    nothing but the network."""
     if problem := unshare_problem():
         pytest.skip(f"multi-node tests need each node in a mount namespace of its own, and here {problem}")
     with LocalRayCluster(head_cpus=0) as cluster:

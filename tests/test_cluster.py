@@ -38,10 +38,10 @@ WORKER_GROUP_START_TIMEOUT_S = "5"
 """Ray Train's wait for a worker group's placement group (60 s by default; the workers' start-up is not in it):
 after a node is lost, the first restart asks for as many workers as before, and only this timeout sends it down
 to the workers left. Measured 2026-12-07 at 30: node marked dead 13 s after the kill, resized 37 s later."""
-STEPS, BATCH = 320, 8
+STEPS, BATCH = 240, 8
 """Enough steps left after the shrink for the run to grow back before it ends. Measured 2026-12-07 (tiny model,
-random tiny text tower): one worker trains ~3.8 steps/s, two ~4.3, and the run grew back 43 s after the shrink
-(the node added at once), so at one worker the run would end ~80 s after the shrink: about twice that."""
+random tiny text tower, the node added back at once): one worker trains 0.9 to 2.1 steps/s while the new node
+boots, and the run grew back 43 to 46 s after the shrink, so at one worker it would end 105 to 250 s after it."""
 TRAINER = {"trainer": 1}
 """What each Ray Train worker needs and each trainer node offers one of: one worker per node (Ray's elastic policy
 counts the workers a node has room for by resources alone, so STRICT_SPREAD cannot express it)."""
@@ -145,7 +145,7 @@ def run(cluster, runtime_env, object_store, shards, text_encoder) -> ElasticRun:
         for node in TRAINER_NODES:
             if node in cluster.nodes:
                 cluster.kill_node(node)
-        # Until the head marks them dead (~13 s of missed heartbeats), it would still place work on them.
+        # Until the head marks them dead (a few missed health checks), it would still place work on them.
         cluster.wait_for_resource("trainer", present=False)
 
 
