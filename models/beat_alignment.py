@@ -19,7 +19,14 @@ def beat_alignment_loss(
     For every (ECG i, report j), each sentence of j attends over the beats of i (softmax of cosine
     / temperature); its score is the cosine with that attended context; a report's score is the
     log-sum-exp over its sentences. Cross-entropy over the batch in both directions picks the pair.
+    Rows whose report has no sentence ("", "...") leave the term: their score would be -inf, and the
+    loss NaN. With none left, the term is a zero that keeps every input in the graph.
     """
+    with_sentences = sentence_mask.any(dim=1)  # [B]
+    if not with_sentences.any():
+        return (sentences.sum() + beats.sum()) * 0.0
+    if not with_sentences.all():
+        sentences, sentence_mask, beats = sentences[with_sentences], sentence_mask[with_sentences], beats[with_sentences]
     similarity = torch.einsum("jsd,ikd->ijsk", sentences, beats)  # [B_ecg, B_text, S, K]
     attention = torch.softmax(similarity / temperature, dim=-1)
     context = F.normalize(torch.einsum("ijsk,ikd->ijsd", attention, beats), dim=-1)  # [B, B, S, D]

@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 
 MAX_SENTENCES = 8
 _SENTENCE_END = re.compile(r"\.\s*")
+_WORD = re.compile(r"\w")
 
 
 def split_sentences(report: str) -> list[str]:
-    """A report's statements ("sinus rhythm. left axis deviation." → two), at most MAX_SENTENCES."""
-    return [s.strip() for s in _SENTENCE_END.split(report) if s.strip()][:MAX_SENTENCES]
+    """A report's statements ("sinus rhythm. left axis deviation." → two), at most MAX_SENTENCES. A piece with
+    no word in it ("...", "- -") is no statement: a report of only such pieces has none."""
+    return [s.strip() for s in _SENTENCE_END.split(report) if _WORD.search(s)][:MAX_SENTENCES]
 
 
 @dataclass(frozen=True)
