@@ -226,12 +226,13 @@ def main(argv: list[str] | None = None) -> dict:
     with _written_in_full(output, made_with) as written:
         setup_logging(None if "://" in written else Path(written) / "logs" / "prepare.log")
         init_ray()
-        generated = _synthetic_config(args.input, args.limit) if args.source == "synthetic" else None
-        if generated is not None and args.raw_dir:
-            input_dir = generate_synthetic(generated, Path(args.raw_dir).absolute())
-            generated = None
+        generated = None  # the ECGs each read task generates, for synthetic data without --raw-dir
+        if args.source != "synthetic":
+            input_dir = Path(args.input).absolute()
+        elif args.raw_dir:
+            input_dir = generate_synthetic(_synthetic_config(args.input, args.limit), Path(args.raw_dir).absolute())
         else:
-            input_dir = Path(args.input if generated is None else ".").absolute()
+            input_dir, generated = Path.cwd(), _synthetic_config(args.input, args.limit)  # no archive to list
         options = SourceOptions(
             input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed,
             label_statements=statements_of("snomed") if args.source == "wfdb" and args.report == "labels" else None,

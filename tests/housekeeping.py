@@ -25,8 +25,14 @@ from pathlib import Path
 
 import psutil
 
-SESSION_ROOT = Path(f"/var/tmp/ecg-fm-{os.getpid()}")
-"""Short: Ray's socket paths under TMPDIR/ray/session_…/sockets have a length limit of 107 bytes."""
+
+def session_root(pid: int) -> Path:
+    """The folder of the test session run by process `pid`. Short: Ray's socket paths under
+    TMPDIR/ray/session_…/sockets have a length limit of 107 bytes."""
+    return Path(f"/var/tmp/ecg-fm-{pid}")
+
+
+SESSION_ROOT = session_root(os.getpid())
 SESSION_TMP = SESSION_ROOT / "tmp"
 SYSTEM_TMP = Path("/tmp")
 _PR_SET_PDEATHSIG = 1
@@ -105,14 +111,8 @@ def kill_namespace(namespace: str) -> None:
 def leftovers(grace_s: float = 15) -> list[str]:
     """What the session started and did not end: processes (waited for up to `grace_s`, as Ray's workers take
     a moment to notice their raylet went), mounts under the root, and folders it left in /tmp."""
-    me = psutil.Process()
     deadline = time.monotonic() + grace_s
-    while True:
-        running = {p.pid: p for p in me.children(recursive=True) if p.pid != _resource_tracker_pid()}
-        running.update((p.pid, p) for p in processes_in(_namespaces))
-        running.update((p.pid, p) for p in _alive(_started))
-        if not running or time.monotonic() > deadline:
-            break
+    while (running := _still_running()) and time.monotonic() < deadline:
         time.sleep(0.5)
     found = [f"process {p.pid}: {_describe(p)}" for p in running.values()]
     found += [
@@ -128,15 +128,20 @@ def end_leftovers() -> None:
     """Kill what `leftovers` would list as processes (after it has been reported)."""
     for process in _started:
         end(process)
-    for namespace in _namespaces:
-        kill_namespace(namespace)
-    for child in psutil.Process().children(recursive=True):
-        if child.pid == _resource_tracker_pid():
-            continue
+    for process in _still_running().values():
         try:
-            child.kill()
+            process.kill()
         except psutil.Error:
             pass
+
+
+def _still_running() -> dict[int, psutil.Process]:
+    """The session's descendants (but Python's multiprocessing resource tracker, a child that ends when this
+    process does: it reads a pipe), every process in a recorded namespace, and every spawned process alive."""
+    running = {p.pid: p for p in psutil.Process().children(recursive=True) if p.pid != _resource_tracker_pid()}
+    running.update((p.pid, p) for p in processes_in(_namespaces))
+    running.update((p.pid, p) for p in _alive(_started))
+    return running
 
 
 def _tmp_folders() -> set[str]:
@@ -149,7 +154,6 @@ def remove_root() -> None:
 
 
 def _resource_tracker_pid() -> int | None:
-    """Python's multiprocessing resource tracker: a child that ends when this process does (it reads a pipe)."""
     from multiprocessing import resource_tracker
 
     return getattr(resource_tracker._resource_tracker, "_pid", None)

@@ -15,7 +15,6 @@ started at any time reach it. Each module's bucket is named after the module, so
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from functools import cache
 import pytest
 
 from tests.housekeeping import end, spawn
+from tests.ray_cluster import free_ports
 
 BUCKET = "ecg-fm-test"
 START_TIMEOUT_S = 30.0
@@ -68,9 +68,7 @@ class ObjectStore:
 @cache
 def session_env() -> dict[str, str]:
     """The AWS_* variables of this session's servers: a port free when first asked, test credentials."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports(1)
     return {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",

@@ -10,15 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.housekeeping import SESSION_ROOT, processes_in
-from tests.ray_cluster import unshare_problem
+from tests.housekeeping import processes_in, session_root
+from tests.ray_cluster import REPO, unshare_problem
 
-REPO = Path(__file__).resolve().parents[1]
 STARTS_A_CLUSTER_AND_A_SERVER = """
 import json, os
 from tests.object_store import start_object_store
@@ -46,7 +44,7 @@ def test_a_killed_test_process_leaves_no_node_and_no_server(tmp_path):
             assert time.monotonic() < deadline, f"still running 60 s after the test process died: {left}"
             time.sleep(0.5)
     finally:
-        shutil.rmtree(f"{SESSION_ROOT.parent}/ecg-fm-{child.pid}", ignore_errors=True)  # the child's session folder
+        shutil.rmtree(session_root(child.pid), ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
