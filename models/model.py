@@ -31,10 +31,13 @@ from models.objectives import build_objective
 from models.report_generation import DraftedReport, DraftOptions, generate_reports
 from models.text_tower import TextTower
 
-FORMAT_VERSION = 2
-"""2: config.json records `trained_with` (the data's preprocessing and the validation's label task).
+FORMAT_VERSION = 3
+"""3: MELP's beat level is GLoRIA's, with sentences from the report's own pass through
+`objective.sentence_projection` (a MELP export of format 1 or 2 is refused: it lacks that projection).
+2 (read too): config.json records `trained_with` (the data's preprocessing and the validation's label task).
 1 (read too): no `trained_with`; its objective section lists every objective's fields."""
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
+MELP_SINCE_VERSION = 3
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
 
 
@@ -173,6 +176,11 @@ def read_saved_config(directory: str | os.PathLike) -> SavedConfig:
         if version not in READABLE_VERSIONS:
             raise ValueError(f"format_version {version}; this code reads {', '.join(map(str, READABLE_VERSIONS))}")
         model_dict = saved["model"] if version > 1 else _objective_fields_of_its_own(saved["model"])
+        if version < MELP_SINCE_VERSION and model_dict.get("objective", {}).get("name", "melp") == "melp":
+            raise ValueError(
+                f"a MELP export of format_version {version}, from before MELP's beat level became GLoRIA's "
+                f"(format {MELP_SINCE_VERSION}); its weights lack the sentence projection: train it again"
+            )
         return SavedConfig(ModelConfig.from_dict(model_dict), saved["text_encoder"], saved.get("trained_with"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{config_path} is not a valid model config: {type(error).__name__}: {error}") from None

@@ -138,10 +138,29 @@ class TextTower(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         """input_ids and attention_mask, both [B, L]: padded to the longest text, truncated to max_length."""
-        batch = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.config.max_length, return_tensors="pt"
-        )
+        batch = self._tokenized(texts)
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def tokenize_with_offsets(self, texts: list[str]) -> dict[str, Tensor]:
+        """As `tokenize`, plus each token's character span in its text, offset_mapping [B, L, 2], and
+        special_tokens_mask [B, L] (1 for special and padding tokens). Needs a fast tokenizer."""
+        if not self.tokenizer.is_fast:
+            raise ValueError(
+                f"the tokenizer of text encoder {self.config.name_or_path!r} is not a fast (Rust) tokenizer, so it "
+                "gives no character offsets; MELP's beat level needs them to find each sentence's tokens"
+            )
+        batch = self._tokenized(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
+        return {name: batch[name] for name in ("input_ids", "attention_mask", "offset_mapping", "special_tokens_mask")}
+
+    def _tokenized(self, texts: list[str], **options):
+        return self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.config.max_length,
+            return_tensors="pt",
+            **options,
+        )
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextOutput:
         """input_ids [B, L] and attention_mask [B, L] (1 = token, 0 = pad) → tokens [B, L, H], pooled [B, H]."""

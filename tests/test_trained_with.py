@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from models.factory import create_model, resolve_config
-from models.model import ECGTextModel
+from models.model import FORMAT_VERSION, ECGTextModel
 from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.records import RecordOptions
 from pipelines.data.schema import lead_masks_of, signals_of
@@ -65,7 +65,7 @@ def run(shards, tmp_path_factory):
 @pytest.mark.slow
 def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run):
     saved = json.loads((run / "export" / "config.json").read_text())
-    assert saved["format_version"] == 2
+    assert saved["format_version"] == FORMAT_VERSION
     recorded = saved["trained_with"]
     assert recorded["preprocessing"]["fs"] == 100 and recorded["preprocessing"]["normalize"] == "zscore"
     assert recorded["preprocessing"]["bandpass"] == [0.5, 40.0] and recorded["preprocessing"]["leads"][0] == "I"
@@ -134,7 +134,7 @@ def test_shard_folders_prepared_differently_are_refused_before_ray(shards, synth
 
 
 def test_an_export_from_before_the_record_loads_with_the_old_defaults_and_a_warning(tmp_path, caplog):
-    model, _ = create_model("tiny", objective="melp")
+    model, _ = create_model("tiny", objective="mets")
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     saved["format_version"] = 1

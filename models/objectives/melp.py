@@ -3,12 +3,12 @@
     losses = model(batch)   # {"rhythm_loss", "token_loss", "beat_loss", "loss"}
 
 The caption decoder lives in models.caption_decoder, the beat level's alignment in
-models.beat_alignment, InfoNCE with its cross-rank gather in models.losses.
+models.beat_alignment and its sentences in models.report_sentences, InfoNCE with its cross-rank gather in
+models.losses.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,20 +21,11 @@ from models.caption_decoder import CaptionDecoder
 from models.config import ModelConfig, ObjectiveConfig
 from models.losses import ClipLoss, LogitScale
 from models.objectives import Objective, register
+from models.report_sentences import sentence_means, token_sentence_index
 
 if TYPE_CHECKING:
     from models.model import ECGTextModel
     from models.text_tower import TextTower
-
-MAX_SENTENCES = 8
-_SENTENCE_END = re.compile(r"\.\s*")
-_WORD = re.compile(r"\w")
-
-
-def split_sentences(report: str) -> list[str]:
-    """A report's statements ("sinus rhythm. left axis deviation." → two), at most MAX_SENTENCES. A piece with
-    no word in it ("...", "- -") is no statement: a report of only such pieces has none."""
-    return [s.strip() for s in _SENTENCE_END.split(report) if _WORD.search(s)][:MAX_SENTENCES]
 
 
 @dataclass(frozen=True)
@@ -46,8 +37,6 @@ class MelpConfig(ObjectiveConfig):
     beat_weight: float = 0.2
     caption_layers: int = 2
     """Layers of the caption decoder (causal self-attention + cross-attention to ECG tokens)."""
-    beat_temperature: float = 0.1
-    """Temperature of the sentence-beat local alignment (GLoRIA style)."""
 
 
 @register
@@ -77,28 +66,26 @@ class MelpObjective(Objective):
             text.hidden_size, model_config.ecg.width, config.caption_layers, model_config.text.max_length
         )
         self.beat_projection = nn.Linear(model_config.ecg.width, config.embed_dim)
+        self.sentence_projection = nn.Linear(text.hidden_size, config.embed_dim)  # the authors' `sent_proj`
 
     def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
-        """The whole reports, and their sentences as [B * MAX_SENTENCES, Ls] with a [B, S] mask."""
-        inputs = text.tokenize(reports)
-        sentences = [split_sentences(report) for report in reports]
-        padded = [s + [""] * (MAX_SENTENCES - len(s)) for s in sentences]
-        sentence_tokens = text.tokenize([s for report in padded for s in report])
-        inputs["sentence_ids"] = sentence_tokens["input_ids"]
-        inputs["sentence_attention_mask"] = sentence_tokens["attention_mask"]
-        inputs["sentence_mask"] = torch.tensor([[i < len(s) for i in range(MAX_SENTENCES)] for s in sentences])
+        """The whole reports [B, L], and the sentence of each of their tokens, sentence_index [B, L]."""
+        inputs = text.tokenize_with_offsets(reports)
+        offsets, special = inputs.pop("offset_mapping"), inputs.pop("special_tokens_mask")
+        inputs["sentence_index"] = token_sentence_index(reports, offsets, special)
         return inputs
 
     def forward(self, model: ECGTextModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ecg_out = model.ecg(batch["signal"], batch["lead_mask"])
         ecg = F.normalize(model.ecg_projection(ecg_out.pooled), dim=-1)  # [B, D]
-        text = model.encode_text(batch["input_ids"], batch["attention_mask"])  # [B, D]
+        text_out = model.text(batch["input_ids"], batch["attention_mask"])
+        text = F.normalize(model.text_projection(text_out.pooled), dim=-1)  # [B, D]
         rhythm = self.clip(ecg, text, self.logit_scale())
         token = self.caption(batch["input_ids"], batch["attention_mask"], ecg_out.tokens, model.text.word_embeddings)
-        beats = F.normalize(self.beat_projection(ecg_out.beats), dim=-1)  # [B, K, D]
-        batch_size = ecg.shape[0]
-        sentences = model.encode_text(batch["sentence_ids"], batch["sentence_attention_mask"])  # [B * S, D]
-        sentences = sentences.view(batch_size, MAX_SENTENCES, -1)  # [B, S, D]
-        beat = beat_alignment_loss(sentences, batch["sentence_mask"], beats, self.config.beat_temperature)
+        beats = self.beat_projection(ecg_out.beats)  # [B, K, D]
+        sentence_index = batch["sentence_index"]
+        n_sentences = int(sentence_index.max()) + 1
+        sentences, sentence_mask = sentence_means(text_out.tokens, sentence_index, n_sentences)  # [B, S, H], [B, S]
+        beat = beat_alignment_loss(self.sentence_projection(sentences), sentence_mask, beats)
         total = self.config.rhythm_weight * rhythm + self.config.token_weight * token + self.config.beat_weight * beat
         return {"rhythm_loss": rhythm, "token_loss": token, "beat_loss": beat, "loss": total}
