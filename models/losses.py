@@ -53,8 +53,11 @@ class SigLipLoss(nn.Module):
 
 
 class LogitScale(nn.Module):
-    """A learnable temperature: logit scale initialised to log(1/init_temperature), clamped to
-    log(max_scale) (CLIP); frozen at its initial value when `learnable` is False."""
+    """A learnable temperature as open_clip keeps it: the log scale starts at log(1/init_temperature), the
+    forward reads exp(log_scale) unclamped (so its gradient never vanishes), and `clamp_` puts it back into
+    [0, log(max_scale)] after each optimizer step (the training loop's `optimizer_step` does, DeepSpeed's
+    master copy included). Clamping inside the forward instead zeroes the gradient above the cap, and
+    Adam's momentum then keeps it there. Frozen at its initial value when `learnable` is False."""
 
     def __init__(self, init_temperature: float, max_scale: float, learnable: bool = True) -> None:
         super().__init__()
@@ -63,5 +66,10 @@ class LogitScale(nn.Module):
         self.max_log_scale = math.log(max_scale)
 
     def forward(self) -> torch.Tensor:
-        """The exp'd, clamped scale (a scalar tensor)."""
-        return self.log_scale.clamp(max=self.max_log_scale).exp().squeeze(0)
+        """The exp'd scale (a scalar tensor)."""
+        return self.log_scale.exp().squeeze(0)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """open_clip's `logit_scale.clamp_(0, math.log(100))`, in place, after an optimizer step."""
+        self.log_scale.clamp_(0.0, self.max_log_scale)

@@ -38,21 +38,17 @@ def mask_tokens(
     """BERT's corruption of a tokenized batch.
 
     input_ids, attention_mask: [B, L]. A token is eligible when it is real (mask 1) and not in
-    special_ids. Each row chooses round(ratio · n) of its n eligible tokens uniformly at random,
-    rounding stochastically so that the expected count is exactly ratio · n, and at least one when
-    n > 0. Chosen tokens become mask_token_id (80 %), a uniformly random id below vocab_size (10 %),
-    or stay as they are (10 %).
+    special_ids. Each eligible token is chosen with probability `ratio`, independently, as Hugging Face's
+    DataCollatorForLanguageModeling does (a short report may have none chosen; a fixed count per row
+    would over-mask short reports). Chosen tokens become mask_token_id (80 %), a uniformly random id
+    below vocab_size (10 %), or stay as they are (10 %).
 
     Returns masked_ids [B, L] and labels [B, L]: the original id where chosen, IGNORE_INDEX (-100) elsewhere.
     """
     device = input_ids.device
     special = torch.as_tensor(list(special_ids), device=device)
     eligible = attention_mask.bool() & ~torch.isin(input_ids, special)  # [B, L]
-    expected = ratio * eligible.sum(dim=1)  # [B]
-    n_chosen = (expected + torch.rand(expected.shape, generator=generator, device=device)).floor().clamp(min=1)
-    scores = torch.rand(input_ids.shape, generator=generator, device=device).masked_fill(~eligible, 2.0)
-    rank = scores.argsort(dim=1).argsort(dim=1)  # [B, L]: eligible tokens come first, in random order
-    chosen = eligible & (rank < n_chosen.unsqueeze(1))  # [B, L]
+    chosen = eligible & (torch.rand(input_ids.shape, generator=generator, device=device) < ratio)  # [B, L]
     action = torch.rand(input_ids.shape, generator=generator, device=device)  # [B, L]
     to_mask = chosen & (action < MASK_TOKEN_SHARE)
     to_random = chosen & (action >= MASK_TOKEN_SHARE) & (action < MASK_TOKEN_SHARE + RANDOM_TOKEN_SHARE)

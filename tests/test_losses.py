@@ -1,10 +1,14 @@
 """Contrastive losses equal direct reference computations, also split across two gloo ranks; the N3S
-report bank fills with every rank's reports."""
+report bank fills with every rank's reports; the logit scale is kept as open_clip keeps it, under real ZeRO."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -13,6 +17,8 @@ import torch.nn.functional as F
 
 from models.losses import ClipLoss, LogitScale, SigLipLoss
 from models.n3s import ReportBank
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pairs(n: int = 8, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,13 +60,42 @@ def test_siglip_loss_equals_reference():
     torch.testing.assert_close(SigLipLoss()(ecg, text, scale, bias), reference_sigmoid(ecg, text, scale, bias))
 
 
-def test_logit_scale_init_clamp_and_freeze():
+def test_the_logit_scale_reads_unclamped_and_clamps_in_place_after_a_step():
     scale = LogitScale(0.07, max_scale=100.0)
     assert math.isclose(scale().item(), 1 / 0.07, rel_tol=1e-5)
     with torch.no_grad():
         scale.log_scale.fill_(10.0)
+    value = scale()
+    value.backward()
+    assert math.isclose(value.item(), math.exp(10.0), rel_tol=1e-5) and scale.log_scale.grad.item() > 0
+    scale.clamp_()
     assert math.isclose(scale().item(), 100.0, rel_tol=1e-5)
+    with torch.no_grad():
+        scale.log_scale.fill_(-3.0)
+    scale.clamp_()
+    assert scale.log_scale.item() == 0.0  # open_clip's lower bound: a scale of at least 1
     assert not LogitScale(0.07, 100.0, learnable=False).log_scale.requires_grad
+
+
+def test_under_every_zero_stage_the_scale_stays_at_the_cap_then_comes_back_down():
+    """Real DeepSpeed steps (tests/logit_scale_under_zero.py): pushed up from the cap for 3 steps, the scale
+    and DeepSpeed's fp32 master copy stay at log 100; pushed down, it leaves the cap once Adam's momentum
+    turns. Clamped in the forward instead, it went above the cap and stayed there, its gradient 0."""
+    script = REPO / "tests" / "logit_scale_under_zero.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "0", "2", "3"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    cap = math.log(100.0)
+    for stage in (0, 2, 3):
+        trace = [step for step in steps if step["stage"] == stage]
+        assert len(trace) == 6, steps
+        for step in trace[:3]:
+            assert math.isclose(step["module"], cap, rel_tol=1e-6), step
+            assert step["master"] is None if stage == 0 else math.isclose(step["master"], cap, rel_tol=1e-6), step
+        assert trace[-1]["module"] < cap - 1e-3, trace
+        assert stage == 0 or math.isclose(trace[-1]["master"], trace[-1]["module"], rel_tol=1e-6), trace
 
 
 def _rank_worker(rank: int, world_size: int, port: int, results) -> None:

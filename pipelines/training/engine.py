@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from models.losses import LogitScale
 from pipelines.training.config import TrainConfig
 from pipelines.training.optimization import build_optimizer, build_scheduler
 
@@ -74,3 +75,33 @@ def initialize_engine(
         for module, parameter in external_parameters:
             deepspeed.zero.register_external_parameter(module, parameter)
     return engine, scheduler
+
+
+def optimizer_step(engine) -> None:
+    """`engine.step()`, then, where it was an optimizer step (not an accumulation micro-step), every learnable
+    `LogitScale` clamped in place as open_clip does: in DeepSpeed's fp32 master copy (ZeRO 1-3 keep one
+    apart from the module's parameter, and the next step would restore the unclamped value from it) and in
+    the parameter the forward reads (gathered under ZeRO-3). Every rank calls it: both are partitioned."""
+    import deepspeed
+    from deepspeed.utils import (
+        safe_get_full_fp32_param,
+        safe_get_local_fp32_param,
+        safe_set_full_fp32_param,
+        safe_set_local_fp32_param,
+    )
+
+    steps_before = engine.global_steps
+    engine.step()
+    if engine.global_steps == steps_before:
+        return
+    for scale in engine.module.modules():
+        if not isinstance(scale, LogitScale) or not scale.log_scale.requires_grad:
+            continue
+        parameter, bounds = scale.log_scale, (0.0, scale.max_log_scale)
+        partitioned = hasattr(parameter, "ds_id")  # ZeRO-3
+        if partitioned:  # clamping is elementwise: each rank clamps its own partition of the master copy
+            safe_set_local_fp32_param(parameter, safe_get_local_fp32_param(parameter).clamp(*bounds))
+        elif (master := safe_get_full_fp32_param(parameter)) is not None:  # ZeRO 1-2
+            safe_set_full_fp32_param(parameter, master.clamp(*bounds))
+        with deepspeed.zero.GatheredParameters([parameter], modifier_rank=0, enabled=partitioned):
+            scale.clamp_()

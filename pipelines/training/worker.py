@@ -32,7 +32,7 @@ from pipelines.storage import Location
 from pipelines.training.checkpoints import report_with_checkpoint, restore_latest
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import collate_batch
-from pipelines.training.engine import DTYPES, initialize_engine, resolve_precision
+from pipelines.training.engine import DTYPES, initialize_engine, optimizer_step, resolve_precision
 from pipelines.training.export_check import probe_embeddings, save_probe, take_probe
 from pipelines.training.meter import StepMeter
 from pipelines.training.run_directory import RunDirectory
@@ -157,7 +157,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             computed_from = time.perf_counter()
             losses = engine(batch)
             engine.backward(losses["loss"])
-            engine.step()
+            optimizer_step(engine)
             boundary = engine.global_steps != step
             step = engine.global_steps
             meter.record_batch(
