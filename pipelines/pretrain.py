@@ -69,13 +69,19 @@ def build_parser(description: str = __doc__, objectives: Sequence[str] | None = 
 def resolve(args: argparse.Namespace, objective: str | None = None) -> tuple[ModelConfig, TrainConfig]:
     """Both configs from the command line, checked against the data; every error is a ValueError that
     names the field."""
+    model_config, train_config = configs(args, objective)
+    check_run(args.data, model_config, args.task)  # the configs first, then whether the data fits them
+    return model_config, train_config
+
+
+def configs(args: argparse.Namespace, objective: str | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Both configs from the command line alone: the model config with its overrides; the training
+    defaults, the objective's recipe (`TrainConfig.for_objective`), then the flags and `train.*` overrides."""
     overrides = parse_overrides(args.overrides)
     flags = {"workers": args.workers, "zero_stage": args.zero_stage, "max_steps": args.max_steps, "epochs": args.epochs}
     train_overrides = {**overrides.train, **{k: v for k, v in flags.items() if v is not None}}
     model_config = resolve_config(args.config, objective or args.objective, overrides.model)
-    train_config = TrainConfig().with_overrides(train_overrides)
-    check_run(args.data, model_config, args.task)  # the configs first, then whether the data fits them
-    return model_config, train_config
+    return model_config, TrainConfig.for_objective(model_config.objective.name, train_overrides)
 
 
 def run(

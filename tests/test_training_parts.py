@@ -1,5 +1,5 @@
-"""The pieces of the training loop that need no cluster: config checks, schedule, DeepSpeed config,
-AUROC helpers, validation classes."""
+"""The pieces of the training loop that need no cluster: config checks, objectives' optimiser recipes,
+schedules, DeepSpeed config, AUROC helpers, validation classes."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from models.factory import create_model
 from pipelines.labels.metrics import auroc_per_class, macro_auroc, targets_matrix
 from pipelines.labels.tasks import load_task
+from pipelines.pretrain import build_parser, configs
 from pipelines.training.config import TrainConfig
 from pipelines.training.engine import deepspeed_config
-from pipelines.training.optimization import warmup_cosine
+from pipelines.training.optimization import build_optimizer, build_scheduler, cosine_restarts, warmup_cosine
 
 
 def test_micro_batch_is_global_batch_over_workers_and_accumulation():
@@ -77,6 +80,44 @@ def test_warmup_then_cosine_to_the_floor():
     assert warmup_cosine(10, 10, 100, 0.1) == pytest.approx(1.0)
     assert warmup_cosine(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_cosine_restarts_is_torchs_cosine_annealing_with_warm_restarts_at_half_the_run():
+    """MELP's schedule: CosineAnnealingWarmRestarts(T_0 = half the run, T_mult 1, eta_min 1e-8), no warm-up."""
+    config = TrainConfig.for_objective("melp")
+    total = 40
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    ours = build_scheduler(torch.optim.AdamW([parameter], lr=config.lr), config, total)
+    torchs_optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    torchs = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(torchs_optimizer, T_0=total // 2, eta_min=1e-8)
+    for _ in range(total):
+        assert ours.get_last_lr()[0] == pytest.approx(torchs.get_last_lr()[0], rel=1e-9, abs=1e-15)
+        ours.optimizer.step(), ours.step(), torchs_optimizer.step(), torchs.step()
+    assert cosine_restarts(20, 0, 40, 0.1) == 1.0 and cosine_restarts(0, 4, 40, 0.1) == pytest.approx(0.25)
+
+
+def test_melp_trains_with_its_authors_optimiser_and_overrides_still_win():
+    melp = TrainConfig.for_objective("melp")
+    assert (melp.lr, melp.betas, melp.weight_decay, melp.warmup_steps) == (2e-4, (0.9, 0.95), 0.2, 0)
+    assert melp.schedule == "cosine-restarts" and melp.decay_every_parameter and melp.lr * melp.min_lr_ratio == 1e-8
+    assert TrainConfig.for_objective("melp", {"lr": 1e-3, "schedule": "warmup-cosine"}).lr == 1e-3
+    for objective in ("cmelt", "mets", "melp-lm"):  # no published optimiser: the project's defaults
+        assert TrainConfig.for_objective(objective) == TrainConfig()
+
+    model, _ = create_model("tiny", objective="melp")
+    groups = build_optimizer(model, melp).param_groups
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert [len(g["params"]) for g in groups] == [len(trainable)] and groups[0]["weight_decay"] == 0.2
+    plain = build_optimizer(model, TrainConfig()).param_groups
+    assert all(p.ndim >= 2 for p in plain[0]["params"]) and all(p.ndim < 2 for p in plain[1]["params"])
+
+
+def test_the_pretrain_command_resolves_the_objectives_recipe_under_its_overrides():
+    command = ["--data", "d", "--output", "o", "--workers", "1", "train.betas=[0.9,0.99]"]
+    _, train = configs(build_parser().parse_args([*command, "--objective", "melp"]))
+    assert (train.lr, train.betas, train.schedule, train.workers) == (2e-4, (0.9, 0.99), "cosine-restarts", 1)
+    _, train = configs(build_parser().parse_args([*command, "--objective", "cmelt"]))
+    assert (train.lr, train.betas, train.schedule) == (1e-3, (0.9, 0.99), "warmup-cosine")
 
 
 def test_auroc_matches_a_hand_count_and_skips_one_sided_classes():

@@ -132,8 +132,10 @@ def sweep(
     space = load_space(objective, space_file)
     if search == "grid":
         space = as_grid(space)
-    resolve_config(config, objective)  # a bad config name fails here, not in every trial
-    base_train = TrainConfig().with_overrides({"workers": workers_per_trial, **(train_overrides or {})})
+    model_config = resolve_config(config, objective)  # a bad config name fails here, not in every trial
+    base_train = TrainConfig.for_objective(
+        model_config.objective.name, {"workers": workers_per_trial, **(train_overrides or {})}
+    )
     # Trials run in their own working directories: local data folders are passed as absolute paths.
     folders = [str(Path(d).resolve()) if Path(d).exists() else str(d) for d in data]
     TrainedWith.of_shards(folders)  # every folder a prepared dataset, prepared alike
@@ -241,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         train = {"epochs": args.epochs, **parse_overrides(args.overrides, sections=("train",)).train}
-        TrainConfig().with_overrides({"workers": args.workers_per_trial, **train})
-        resolve_config(args.config, args.objective)
+        objective = resolve_config(args.config, args.objective).objective.name
+        TrainConfig.for_objective(objective, {"workers": args.workers_per_trial, **train})
         space = load_space(args.objective, args.space)
         search_algorithm(args.search, as_grid(space) if args.search == "grid" else space)
     except ValueError as error:

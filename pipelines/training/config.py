@@ -8,12 +8,17 @@ driver, so that a bad run fails before any worker starts.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+SCHEDULES = ("warmup-cosine", "cosine-restarts")
+RECIPES = Path(__file__).parent / "recipes"
+"""`<objective>.json`: the optimiser fields an objective's authors use, with their `source`."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,20 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Gradient-norm clipping; 0 turns it off."""
     lr: float = 1e-3
+    """Peak learning rate. This and the optimiser fields below are the project's own defaults; an objective
+    whose authors publish a recipe (MELP: `recipes/melp.json`) gets theirs from `for_objective`."""
     weight_decay: float = 0.05
-    """AdamW weight decay on weight matrices; biases, norms, embeddings and the logit scale get none."""
+    """AdamW weight decay: on parameters of two or more dimensions only (biases, norms and the logit scale get
+    none), or on every parameter with `decay_every_parameter`."""
+    decay_every_parameter: bool = False
+    """One AdamW group, every parameter decayed (MELP's authors)."""
     betas: tuple[float, float] = (0.9, 0.98)
+    schedule: Literal["warmup-cosine", "cosine-restarts"] = "warmup-cosine"
+    """After `warmup_steps` of linear warm-up from 0 to `lr`: warmup-cosine, one cosine decay to
+    `min_lr_ratio · lr` at the last step (open_clip); cosine-restarts, two cosine cycles of half the rest of
+    the run each, from `lr` to `min_lr_ratio · lr` (CosineAnnealingWarmRestarts, T_0 half the run, T_mult 1:
+    MELP's)."""
     warmup_steps: int = 50
-    """Linear warm-up from 0 to `lr`, then cosine decay to `min_lr_ratio · lr` at the last step."""
     min_lr_ratio: float = 0.1
     epochs: int = 1
     max_steps: int = 0
@@ -83,6 +97,8 @@ class TrainConfig:
             problems.append(
                 f"placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}"
             )
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             problems.append(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.precision not in PRECISIONS:
@@ -174,6 +190,22 @@ class TrainConfig:
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **overrides}) if overrides else self
+
+    @classmethod
+    def for_objective(cls, objective: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """The defaults, the objective's recipe on top where its authors publish one (`recipe_of`), then
+        `overrides`, which always win."""
+        return cls().with_overrides({**recipe_of(objective), **(overrides or {})})
+
+
+def recipe_of(objective: str) -> dict[str, Any]:
+    """The TrainConfig fields of `RECIPES/<objective>.json` (without its `source`); {} where there is none."""
+    path = RECIPES / f"{objective}.json"
+    if not path.exists():
+        return {}
+    recipe = json.loads(path.read_text())
+    recipe.pop("source")
+    return recipe
 
 
 def parse_workers(text: str) -> dict[str, int]:
