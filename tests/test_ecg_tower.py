@@ -171,15 +171,16 @@ def test_merl_vit_tiny_size():
     assert 5.0e6 < n_params < 6.5e6  # 5,758,080: MERL's ViT-tiny backbone ≈ 5.46M plus the two poolers
 
 
-def test_tower_trains_and_gradients_reach_patch_projection(signal):
+@pytest.mark.parametrize("rhythm_pooling", ["query", "beat-mean"])
+def test_tower_trains_and_gradients_reach_patch_projection(signal, rhythm_pooling):
     torch.manual_seed(0)
-    tower = ECGTower(replace(CONFIG, lead_drop_prob=0.0)).train()
+    tower = ECGTower(replace(CONFIG, lead_drop_prob=0.0, rhythm_pooling=rhythm_pooling)).train()
     head = torch.nn.Linear(CONFIG.width, 1)
     target = torch.tensor([[1.0], [-1.0], [0.5]])  # [B, 1]
     lead_mask = leads_mask(LIMB)
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=1e-3)
     losses = []
-    for _ in range(15):
+    for _ in range(20):
         loss = torch.nn.functional.mse_loss(head(tower(signal, lead_mask).pooled), target)
         optimizer.zero_grad()
         loss.backward()

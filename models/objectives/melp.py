@@ -10,7 +10,7 @@ models.losses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class MelpConfig(ObjectiveConfig):
     """MELP's knobs: total = rhythm + 2 token + 0.2 beat (MELP's defaults)."""
+
+    rhythm_pooling: ClassVar[str] = "beat-mean"
 
     rhythm_weight: float = 1.0
     token_weight: float = 2.0
@@ -65,7 +67,6 @@ class MelpObjective(Objective):
         self.caption = CaptionDecoder(
             text.hidden_size, model_config.ecg.width, config.caption_layers, model_config.text.max_length
         )
-        self.beat_projection = nn.Linear(model_config.ecg.width, config.embed_dim)
         self.sentence_projection = nn.Linear(text.hidden_size, config.embed_dim)  # the authors' `sent_proj`
 
     def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
@@ -82,7 +83,7 @@ class MelpObjective(Objective):
         text = F.normalize(model.text_projection(text_out.pooled), dim=-1)  # [B, D]
         rhythm = self.clip(ecg, text, self.logit_scale())
         token = self.caption(batch["input_ids"], batch["attention_mask"], ecg_out.tokens, model.text.word_embeddings)
-        beats = self.beat_projection(ecg_out.beats)  # [B, K, D]
+        beats = model.ecg_projection(ecg_out.beats)  # [B, K, D]: the rhythm embedding's own projection
         sentence_index = batch["sentence_index"]
         n_sentences = int(sentence_index.max()) + 1
         sentences, sentence_mask = sentence_means(text_out.tokens, sentence_index, n_sentences)  # [B, S, H], [B, S]

@@ -59,7 +59,7 @@ class TowerFlops:
 
 def ecg_tower_flops(config: ModelConfig) -> TowerFlops:
     """Matmul FLOPs of one sample through `config.ecg`: N = T / P tokens of width W, L blocks, MLP width F,
-    poolers of 1 and K queries over the N tokens."""
+    poolers of K queries (and of 1, where the global embedding has its own query) over the N tokens."""
     ecg = config.ecg
     n, w, depth = ecg.n_patches, ecg.width, ecg.depth
     hidden = int(w * ecg.mlp_ratio)
@@ -68,7 +68,7 @@ def ecg_tower_flops(config: ModelConfig) -> TowerFlops:
     mlp = depth * 2 * 2 * n * w * hidden
     poolers = sum(
         2 * q * w * w + 2 * n * w * 2 * w + 2 * 2 * q * n * w + 2 * q * w * w  # Q; K and V; QKᵀ and AV; output
-        for q in (1, ecg.n_beat_queries)
+        for q in ((1,) if ecg.rhythm_pooling == "query" else ()) + (ecg.n_beat_queries,)
     )
     return TowerFlops(patch_embedding=patch, attention=attention, mlp=mlp, poolers=poolers)
 
