@@ -77,8 +77,8 @@ def initialize_engine(
     return engine, scheduler
 
 
-def optimizer_step(engine) -> None:
-    """`engine.step()`, then, where it was an optimizer step (not an accumulation micro-step), every learnable
+def optimizer_step(engine) -> bool:
+    """`engine.step()`; whether it was an optimizer step (not an accumulation micro-step). Where it was, every learnable
     `LogitScale` clamped in place as open_clip does: in DeepSpeed's fp32 master copy (ZeRO 1-3 keep one
     apart from the module's parameter, and the next step would restore the unclamped value from it) and in
     the parameter the forward reads (gathered under ZeRO-3). Every rank calls it: both are partitioned."""
@@ -93,7 +93,7 @@ def optimizer_step(engine) -> None:
     steps_before = engine.global_steps
     engine.step()
     if engine.global_steps == steps_before:
-        return
+        return False
     for scale in engine.module.modules():
         if not isinstance(scale, LogitScale) or not scale.log_scale.requires_grad:
             continue
@@ -105,3 +105,4 @@ def optimizer_step(engine) -> None:
             safe_set_full_fp32_param(parameter, master.clamp(*bounds))
         with deepspeed.zero.GatheredParameters([parameter], modifier_rank=0, enabled=partitioned):
             scale.clamp_()
+    return True

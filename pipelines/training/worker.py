@@ -157,8 +157,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             computed_from = time.perf_counter()
             losses = engine(batch)
             engine.backward(losses["loss"])
-            optimizer_step(engine)
-            boundary = engine.global_steps != step
+            boundary = optimizer_step(engine)
             step = engine.global_steps
             meter.record_batch(
                 computed_from - waited_from, time.perf_counter() - computed_from, train.micro_batch, losses
