@@ -110,3 +110,15 @@ def test_unknown_encoder_fails_with_what_was_tried():
         TextTower(TextTowerConfig(name_or_path="no-such-org/no-such-ecg-encoder"))
     with pytest.raises(ValueError, match="sizes: tiny"):
         TextTower(TextTowerConfig(name_or_path="random:huge"))
+
+
+def test_a_slow_tokenizer_is_refused_by_name_where_token_offsets_are_needed():
+    """MELP's beat level finds each sentence's tokens by their character offsets, which only a fast tokenizer gives."""
+    from transformers import BertTokenizerLegacy
+
+    config = TextTowerConfig(name_or_path="random:tiny")
+    fast = TextTower(config)
+    slow = TextTower(config, fast.transformer, BertTokenizerLegacy.from_pretrained(default_model_dir()))
+    assert fast.tokenize_with_offsets(["sinus rhythm."])["offset_mapping"].shape[-1] == 2
+    with pytest.raises(ValueError, match=r"'random:tiny' is not a fast \(Rust\) tokenizer.*MELP's beat level"):
+        slow.tokenize_with_offsets(["sinus rhythm."])
