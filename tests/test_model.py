@@ -12,6 +12,9 @@ from models.model import ECGTextModel
 from pipelines.data.leads import STANDARD_LEADS
 
 TERMS = {"melp": {"rhythm_loss", "token_loss", "beat_loss"}, "mets": {"contrastive_loss"}}
+STEPS = {"melp": 100, "mets": 40}
+"""MELP's report embedding is a causal tower's trailing [CLS], which in a random tower starts nearly blind to the
+report (every report's [CLS] state alike): its rhythm loss stays near log 8 for ~60 steps (measured), then falls."""
 
 
 @pytest.mark.parametrize("objective", ["melp", "mets"])
@@ -32,7 +35,7 @@ def test_objective_drives_every_term_down_on_a_fixed_batch(objective, shard_batc
     batch = model.collate(*shard_batch)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     first = {name: value.item() for name, value in model(batch).items()}
-    for _ in range(40):
+    for _ in range(STEPS[objective]):
         loss = model(batch)["loss"]
         optimizer.zero_grad()
         loss.backward()

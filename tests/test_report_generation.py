@@ -1,6 +1,8 @@
-"""Report drafting over MELP's caption decoder: the search against the decoder's own argmax, beams, EOS, the
-length limit and repetition guard, seeds, batching, an export round trip, objectives without a decoder, bad
-options. The end-to-end proof: a tiny model trained to write three reports drafts exactly those reports."""
+"""Report drafting over MELP's caption decoder, on both text paths (the authors' causal tower with the
+multimodal decoder, and the bidirectional one with its own decoder): the search against the decoder's own
+argmax, beams, EOS, the length limit and repetition guard, seeds, batching, an export round trip, objectives
+without a decoder, bad options. The end-to-end proof: a tiny model trained to write three reports drafts exactly
+those reports."""
 
 from __future__ import annotations
 
@@ -9,15 +11,21 @@ import torch
 
 from models.factory import create_model
 from models.model import ECGTextModel
-from models.report_generation import DraftOptions, NoCaptionDecoder, suppressed_token_ids
+from models.report_generation import DraftOptions, NoCaptionDecoder, draft_limit, suppressed_token_ids
 
 TRAINING_STEPS = 120
 
 
+@pytest.fixture(scope="module", params=[True, False], ids=["causal", "bidirectional"])
+def causal(request) -> bool:
+    """MELP's text path: `text.causal`."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def random_model() -> ECGTextModel:
+def random_model(causal) -> ECGTextModel:
     torch.manual_seed(0)
-    model, _ = create_model("tiny", objective="melp")
+    model, _ = create_model("tiny", objective="melp", overrides={"text.causal": causal})
     return model.eval()
 
 
@@ -31,14 +39,14 @@ def ecgs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def trained(shard_batch) -> tuple[ECGTextModel, torch.Tensor, torch.Tensor, list[str]]:
+def trained(shard_batch, causal) -> tuple[ECGTextModel, torch.Tensor, torch.Tensor, list[str]]:
     """A tiny MELP model whose caption decoder has learned three synthetic reports (teacher-forced, token loss;
     the ECG tower frozen as initialised, in eval mode so no lead is dropped): (model, signal, lead_mask, reports).
     On one thread: the same result whatever the machine's thread count, and on a busy 2-core machine ~4 s
     against ~100 s with two (measured)."""
     signal, lead_mask, reports = (part[:3] for part in shard_batch)
     torch.manual_seed(0)
-    model, _ = create_model("tiny", objective="melp")
+    model, _ = create_model("tiny", objective="melp", overrides={"text.causal": causal})
     model.ecg.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     batch = model.collate(signal, lead_mask, reports)
@@ -57,20 +65,20 @@ def trained(shard_batch) -> tuple[ECGTextModel, torch.Tensor, torch.Tensor, list
 
 
 def argmax_drafts(model: ECGTextModel, signal: torch.Tensor, lead_mask: torch.Tensor, max_tokens: int):
-    """Greedy decoding written out: feed [CLS], append the decoder's most likely token (never [PAD], [CLS],
-    [MASK]) until [SEP] or max_tokens. Returns per ECG (drafted ids, sum of their log-probabilities)."""
-    tokenizer = model.text.tokenizer
-    caption, embeddings = model.objective.caption, model.text.word_embeddings
+    """Greedy decoding written out: feed the start token, append the decoder's most likely token (never a
+    special one but the end token) until the end token or max_tokens. Returns per ECG (drafted ids, sum of their
+    log-probabilities)."""
+    text, caption = model.text, model.objective.caption
     drafts = []
     with torch.no_grad():
         for i in range(signal.shape[0]):
-            ecg_tokens = model.ecg(signal[i : i + 1], lead_mask[i : i + 1]).tokens
-            ids, logprob = [tokenizer.cls_token_id], 0.0
-            while len(ids) <= max_tokens and ids[-1] != tokenizer.sep_token_id:
+            context = caption.ecg_context(model.ecg(signal[i : i + 1], lead_mask[i : i + 1]).tokens)
+            ids, logprob = [text.report_start_id], 0.0
+            while len(ids) <= max_tokens and ids[-1] != text.report_end_id:
                 prefix = torch.tensor([ids])
-                logits = caption.logits(prefix, torch.ones_like(prefix), ecg_tokens, embeddings)[0, -1]  # [V]
+                logits = caption.prefix_logits(text, prefix, torch.ones_like(prefix), context)[0, -1]  # [V]
                 allowed = logits.clone()
-                allowed[suppressed_token_ids(tokenizer)] = -torch.inf
+                allowed[suppressed_token_ids(text)] = -torch.inf
                 token = int(allowed.argmax())
                 logprob += float(logits.log_softmax(dim=-1)[token])
                 ids.append(token)
@@ -104,12 +112,12 @@ def test_a_trained_decoder_drafts_its_reports_and_stops_at_eos(trained):
         drafts = model.generate_reports(signal, lead_mask, options)
         assert [d.text for d in drafts] == reports
     for draft, report, single in zip(drafts, reports, range(3), strict=True):
-        tokens = model.text.tokenize([report])
-        assert draft.tokens == tokens["input_ids"].shape[1] - 1  # [SEP] counted, [CLS] not
-        assert draft.tokens < model.config.text.max_length - 1  # stopped by EOS, not by the limit
+        words = model.text.tokenizer(report, add_special_tokens=False)["input_ids"]
+        assert draft.tokens == len(words) + 1  # the end token counted, the start token not
+        assert draft.tokens < draft_limit(model)  # stopped by EOS, not by the limit
         with torch.no_grad():  # the decoder's own teacher-forced loss on the report is the draft's mean -log p
-            ecg_tokens = model.ecg(signal[single : single + 1], lead_mask[single : single + 1]).tokens
-            loss = model.objective.caption(**tokens, ecg_tokens=ecg_tokens, word_embeddings=model.text.word_embeddings)
+            batch = model.collate(signal[single : single + 1], lead_mask[single : single + 1], [report])
+            loss = model(batch)["token_loss"]
         assert -draft.logprob / draft.tokens == pytest.approx(float(loss), rel=1e-4)
 
 
@@ -120,7 +128,8 @@ def test_max_tokens_bounds_the_draft(trained):
     for draft, report in zip(drafts, reports, strict=True):
         first_three = tokenizer(report, add_special_tokens=False)["input_ids"][:3]
         assert draft.tokens == 3 and draft.text == tokenizer.decode(first_three)
-    limit = model.config.text.max_length - 1
+    limit = draft_limit(model)
+    assert limit == model.config.text.max_length - (2 if model.config.text.causal else 1)  # [BOS] and [CLS] spent
     with pytest.raises(ValueError, match=rf"max_tokens {limit + 1} exceeds .* {limit}"):
         model.generate_reports(signal, lead_mask, DraftOptions(max_tokens=limit + 1))
 
@@ -135,11 +144,11 @@ def repeated_word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 def test_no_repeat_ngram_size_holds(random_model, ecgs):
     signal, lead_mask = ecgs
-    unguarded = random_model.generate_reports(signal, lead_mask, DraftOptions(12, no_repeat_ngram_size=0))
-    assert any(repeated_word_ngrams(d.text, 2) for d in unguarded)  # an untrained decoder repeats itself
-    guarded = random_model.generate_reports(signal, lead_mask, DraftOptions(12, no_repeat_ngram_size=2))
-    assert not any(repeated_word_ngrams(d.text, 2) for d in guarded)
-    assert all(d.tokens == 12 for d in guarded)
+    unguarded = random_model.generate_reports(signal, lead_mask, DraftOptions(24, no_repeat_ngram_size=0))
+    assert any(repeated_word_ngrams(d.text, 1) for d in unguarded)  # an untrained decoder repeats itself
+    guarded = random_model.generate_reports(signal, lead_mask, DraftOptions(24, no_repeat_ngram_size=1))
+    assert not any(repeated_word_ngrams(d.text, 1) for d in guarded)
+    assert all(d.tokens == 24 for d in guarded)
 
 
 def test_sampling_is_reproducible_for_a_seed_and_leaves_the_global_rng_alone(random_model, ecgs):

@@ -87,7 +87,7 @@ def test_drafts_in_every_part_resumable_and_refused_with_other_options(
     ("objective", "extra", "named"),
     [
         ("cmelt", ["--reports"], "'cmelt' trains no caption decoder"),
-        ("melp", ["--reports", "--max-tokens", "32"], "--max-tokens: 32 is over this model's limit of 31"),
+        ("melp", ["--reports", "--max-tokens", "32"], "--max-tokens: 32 is over this model's limit of 30"),
         ("melp", ["--reports", "--num-beams", "0"], "--num-beams must be at least 1"),
         ("melp", ["--num-beams", "2"], "--num-beams only go with --reports"),
     ],

@@ -103,6 +103,11 @@ def test_melp_trains_with_its_authors_optimiser_and_overrides_still_win():
     assert TrainConfig.for_objective("melp", {"lr": 1e-3, "schedule": "warmup-cosine"}).lr == 1e-3
     for objective in ("cmelt", "mets", "melp-lm"):  # no published optimiser: the project's defaults
         assert TrainConfig.for_objective(objective) == TrainConfig()
+    project = TrainConfig.for_objective("melp", {"recipe": "project"})  # the old optimiser: one switch
+    assert project == TrainConfig(recipe="project")
+    assert TrainConfig.for_objective("melp", {"recipe": "project", "lr": 5e-4}).lr == 5e-4
+    with pytest.raises(ValueError, match="recipe must be authors or project, got 'mine'"):
+        TrainConfig.for_objective("melp", {"recipe": "mine"})
 
     model, _ = create_model("tiny", objective="melp")
     groups = build_optimizer(model, melp).param_groups

@@ -54,9 +54,12 @@ class TrainConfig:
     """Micro-batches accumulated per optimizer step on each worker at `workers` workers (more at fewer)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping; 0 turns it off."""
+    recipe: Literal["authors", "project"] = "authors"
+    """Whose optimiser fields a run starts from (`for_objective`): "authors", its objective's authors' where
+    they publish a recipe (MELP: `recipes/melp.json`); "project", the defaults below for every objective (lr
+    1e-3, betas (0.9, 0.98), wd 0.05 on matrices, 50-step warm-up, cosine). A field set by itself wins."""
     lr: float = 1e-3
-    """Peak learning rate. This and the optimiser fields below are the project's own defaults; an objective
-    whose authors publish a recipe (MELP: `recipes/melp.json`) gets theirs from `for_objective`."""
+    """Peak learning rate. This and the optimiser fields below are the project's own defaults."""
     weight_decay: float = 0.05
     """AdamW weight decay: on parameters of two or more dimensions only (biases, norms and the logit scale get
     none), or on every parameter with `decay_every_parameter`."""
@@ -136,6 +139,8 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.recipe not in ("authors", "project"):
+            problems.append(f"recipe must be authors or project, got {self.recipe!r}")
         if self.checkpoints_to_keep < 1:
             problems.append(f"checkpoints_to_keep must be at least 1, got {self.checkpoints_to_keep}")
         if problems:
@@ -193,9 +198,11 @@ class TrainConfig:
 
     @classmethod
     def for_objective(cls, objective: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """The defaults, the objective's recipe on top where its authors publish one (`recipe_of`), then
-        `overrides`, which always win."""
-        return cls().with_overrides({**recipe_of(objective), **(overrides or {})})
+        """The defaults, the objective's recipe on top where its authors publish one (`recipe_of`) unless
+        `overrides` say `recipe: project`, then `overrides`, which always win."""
+        overrides = dict(overrides or {})
+        authors = overrides.get("recipe", cls.recipe) == "authors"
+        return cls().with_overrides({**(recipe_of(objective) if authors else {}), **overrides})
 
 
 def recipe_of(objective: str) -> dict[str, Any]:
