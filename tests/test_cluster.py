@@ -47,7 +47,7 @@ TRAINER = {"trainer": 1}
 counts the workers a node has room for by resources alone, so STRICT_SPREAD cannot express it)."""
 TRAINER_NODES = ("trainer_a", "trainer_b")
 PRETRAIN = ["--workers", "1-2", "--max-steps", str(STEPS), "--config", "tiny", "--objective", "mets", "--zero-stage",
-            "2", "--val-rows", "64", f"train.batch_size={BATCH}", "train.warmup_steps=1", "train.validate_every=8",
+            "2", "--val-rows", "64", f"train.batch_size={BATCH}", "train.warmup_steps=1", "train.validate_every=16",
             "train.progress_every_s=0", "train.checkpoints_to_keep=1", "train.max_failures=3", "train.resize_check_s=2",
             "train.cpus_per_worker=0.5", f"train.worker_resources={json.dumps(TRAINER)}"]
 
