@@ -3,7 +3,9 @@
     loss = masked_ecg_loss(tower, decoder, signal, lead_mask, mask_ratio=0.75)
 
 Encode a random (1 - mask_ratio) of the patches with the ECG tower, reconstruct every patch with a
-light `MaskedECGDecoder`, and score the removed ones against per-patch normalised targets.
+light `MaskedECGDecoder`, and score the removed ones. Targets are each lead z-scored over the whole record,
+as C-MELT's authors normalise them (manhph2211/D-BETA models/dbeta.py `get_targets`, norm_pix_loss), or
+each patch normalised on its own (MAE's norm_pix_loss): `ecg_targets`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from torch import nn
 from models.ecg_tower import ECGTower, sincos_position_embedding
 
 PATCH_NORM_EPS = 1e-6
-DECODER_HEAD_WIDTH = 32
-"""Channels per attention head of the ECG decoder (MAE's decoder: 512 wide, 16 heads)."""
+TARGET_NORMALISATIONS = ("lead", "patch")
 
 
 def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
@@ -27,6 +28,26 @@ def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
     mean = patches.mean(dim=-1, keepdim=True)  # [B, N, 1]
     variance = patches.var(dim=-1, keepdim=True)  # [B, N, 1]
     return (patches - mean) / (variance + PATCH_NORM_EPS).sqrt()
+
+
+def normalize_leads(signal: torch.Tensor) -> torch.Tensor:
+    """Per-lead z-scored reconstruction targets (C-MELT's authors): signal [B, 12, T] → [B, 12, T], each lead
+    minus its mean over time, divided by sqrt(var + 1e-6), var the unbiased variance over time. An absent
+    (all-zero) lead stays zero."""
+    mean = signal.mean(dim=-1, keepdim=True)  # [B, 12, 1]
+    variance = signal.var(dim=-1, keepdim=True)  # [B, 12, 1]
+    return (signal - mean) / (variance + PATCH_NORM_EPS).sqrt()
+
+
+def ecg_targets(tower: ECGTower, signal: torch.Tensor, lead_mask: torch.Tensor, normalisation: str) -> torch.Tensor:
+    """What the decoder reconstructs: the present leads (absent ones zero), cut into patches [B, N, 12 * P] and
+    normalised per lead over the record ("lead") or per patch after centring each lead ("patch")."""
+    if normalisation not in TARGET_NORMALISATIONS:
+        raise ValueError(f"ECG target normalisation must be one of {', '.join(TARGET_NORMALISATIONS)}, got {normalisation!r}")
+    present = signal.masked_fill(~lead_mask.unsqueeze(-1), 0.0)  # [B, 12, T]
+    if normalisation == "lead":
+        return tower.patchify(normalize_leads(present))
+    return normalize_patches(tower.patchify(present - present.mean(dim=-1, keepdim=True)))
 
 
 def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -43,7 +64,7 @@ class MaskedECGDecoder(nn.Module):
     """MAE's light decoder: encoded kept patches, a shared mask token at every removed position, fixed
     sin-cos positions, a few pre-norm transformer blocks, and a linear map to each patch's 12 * P values."""
 
-    def __init__(self, ecg_width: int, width: int, depth: int, n_patches: int, patch_dim: int) -> None:
+    def __init__(self, ecg_width: int, width: int, depth: int, heads: int, n_patches: int, patch_dim: int) -> None:
         super().__init__()
         self.embed = nn.Linear(ecg_width, width)
         self.mask_token = nn.Parameter(0.02 * torch.randn(1, 1, width))
@@ -51,7 +72,7 @@ class MaskedECGDecoder(nn.Module):
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 width,
-                max(1, width // DECODER_HEAD_WIDTH),
+                heads,
                 4 * width,
                 dropout=0.0,
                 activation="gelu",
@@ -78,17 +99,20 @@ class MaskedECGDecoder(nn.Module):
 
 
 def masked_ecg_loss(
-    tower: ECGTower, decoder: MaskedECGDecoder, signal: torch.Tensor, lead_mask: torch.Tensor, mask_ratio: float
+    tower: ECGTower,
+    decoder: MaskedECGDecoder,
+    signal: torch.Tensor,
+    lead_mask: torch.Tensor,
+    mask_ratio: float,
+    normalisation: str = "lead",
 ) -> torch.Tensor:
     """MEM: encode a random (1 - mask_ratio) of the patches, reconstruct all, score the removed ones.
 
     signal [B, 12, T], lead_mask [B, 12] bool. Leads are dropped at random in training (`drop_leads`)
-    on the input only. Targets are the present leads centred over time, as `embed` sees them, cut
-    into patches and normalised per patch. Returns the scalar `masked_patch_loss`.
+    on the input only. Targets: `ecg_targets` of the present leads. Returns the scalar `masked_patch_loss`.
     """
     tokens = tower.embed(signal, tower.drop_leads(lead_mask))  # [B, N, W]
     kept, mask, ids_restore = tower.random_masking(tokens, mask_ratio)  # [B, N_keep, W], [B, N], [B, N]
     prediction = decoder(tower.encode(kept), ids_restore)  # [B, N, 12 * P]
-    present = signal.to(prediction.dtype).masked_fill(~lead_mask.unsqueeze(-1), 0.0)  # [B, 12, T]
-    target = normalize_patches(tower.patchify(present - present.mean(dim=-1, keepdim=True)))  # [B, N, 12 * P]
+    target = ecg_targets(tower, signal.to(prediction.dtype), lead_mask, normalisation)  # [B, N, 12 * P]
     return masked_patch_loss(prediction, target, mask)

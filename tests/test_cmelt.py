@@ -88,22 +88,30 @@ def test_normalized_patches_have_zero_mean_and_unit_variance(model, batch):
     assert torch.equal(flat, torch.zeros_like(flat))
 
 
-def test_mem_loss_equals_a_direct_reference_computation(model, batch):
+@pytest.mark.parametrize("normalisation", ["lead", "patch"])
+def test_mem_loss_equals_a_direct_reference_computation(model, batch, normalisation):
+    """"lead" (the default, C-MELT's authors): each present lead z-scored over the whole record, then cut into
+    patches; "patch" (MAE): each lead centred, each patch normalised on its own."""
     tower, decoder = model.ecg, model.objective.ecg_decoder
+    assert model.config.objective.ecg_targets == "lead"
     signal, lead_mask = batch["signal"], batch["lead_mask"].clone()
     lead_mask[0, 3] = lead_mask[5, 7] = False  # absent leads: zero in the targets
     with torch.no_grad():
         torch.manual_seed(7)
-        loss = masked_ecg_loss(tower, decoder, signal, lead_mask, 0.75)
+        loss = masked_ecg_loss(tower, decoder, signal, lead_mask, 0.75, normalisation)
         torch.manual_seed(7)  # the same masking draw
         kept, mask, ids_restore = tower.random_masking(tower.embed(signal, lead_mask), 0.75)
         prediction = decoder(tower.encode(kept), ids_restore).double().numpy()  # [8, 100, 600]
     values = signal.double().numpy() * lead_mask.numpy()[..., None]  # [8, 12, 5000]
     values -= values.mean(axis=-1, keepdims=True)
+    if normalisation == "lead":
+        values /= np.sqrt(values.var(axis=-1, ddof=1, keepdims=True) + 1e-6)
+    assert not values[0, 3].any() and not values[5, 7].any()
     size, errors = model.config.ecg.patch_size, []
     for b, n in zip(*np.nonzero(mask.numpy())):
-        patch = values[b, :, n * size : (n + 1) * size].reshape(-1)  # lead-major, as patchify
-        target = (patch - patch.mean()) / np.sqrt(patch.var(ddof=1) + 1e-6)
+        target = values[b, :, n * size : (n + 1) * size].reshape(-1)  # lead-major, as patchify
+        if normalisation == "patch":
+            target = (target - target.mean()) / np.sqrt(target.var(ddof=1) + 1e-6)
         errors.append(np.mean((prediction[b, n] - target) ** 2))
     assert len(errors) == 8 * 75
     assert loss.item() == pytest.approx(np.mean(errors), rel=1e-4)

@@ -41,6 +41,8 @@ def test_overrides_objectives_and_files(tmp_path):
         (["ecg.widht=3"], "unknown config field 'ecg.widht'"),
         (["objective.ecg_mask_ratio=0.5"], "unknown config field 'objective.ecg_mask_ratio' for objective melp"),
         (["objective.name=cmelt", "objective.ecg_mask_ratio=1.5"], r"ecg_mask_ratio must be in \[0, 1\)"),
+        (["objective.name=cmelt", "objective.ecg_targets=pixel"], "ecg_targets must be one of lead, patch, got 'pixel'"),
+        (["objective.name=cmelt", "objective.decoder_heads=3"], "decoder_width 32 must divide by decoder_heads 3"),
         (["ecg.patch_size=33"], "not a multiple of patch_size"),
         (["objective.init_temperature=0.001"], "exceeds max_logit_scale"),
         (["text.freeze_layers=-2"], "freeze_layers"),

@@ -12,7 +12,7 @@ recent reports), and SigLIP (models.losses). "loss" is their weighted sum.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import nn
 from models.config import ModelConfig, ObjectiveConfig
 from models.cross_attention import TextOverECG
 from models.losses import LogitScale, SigLipLoss
-from models.masked_ecg_modeling import MaskedECGDecoder, masked_ecg_loss
+from models.masked_ecg_modeling import TARGET_NORMALISATIONS, MaskedECGDecoder, masked_ecg_loss
 from models.masked_language_modeling import MaskedLMHead, masked_lm_loss
 from models.n3s import ReportBank, drop_padding_columns, n3s_negatives
 from models.objectives import Objective, register
@@ -42,8 +42,14 @@ class CmeltConfig(ObjectiveConfig):
     mlm_weight: float = 1.0
     itm_weight: float = 1.0
     contrastive_weight: float = 1.0
-    decoder_width: int = 128
-    decoder_depth: int = 2
+    ecg_targets: Literal["lead", "patch"] = "lead"
+    """Masked-ECG targets: each lead z-scored over the record (the authors' code), or each patch normalised
+    (MAE's norm_pix_loss)."""
+    decoder_width: int = 384
+    decoder_depth: int = 4
+    decoder_heads: int = 6
+    """The masked-ECG decoder: the authors' 384 wide, 4 blocks, 6 heads (D-BETA configs/config.json
+    `mem_decoder_*`; their `Transformer(…, num_layers + 1)` builds num_layers blocks)."""
     fusion_layers: int = 2
     siglip_init_scale: float = 10.0
     siglip_init_bias: float = -10.0
@@ -58,6 +64,10 @@ class CmeltConfig(ObjectiveConfig):
         for ratio in ("ecg_mask_ratio", "text_mask_ratio"):
             if not 0.0 <= getattr(self, ratio) < 1.0:
                 raise ValueError(f"{ratio} must be in [0, 1), got {getattr(self, ratio)}")
+        if self.ecg_targets not in TARGET_NORMALISATIONS:
+            raise ValueError(f"ecg_targets must be one of {', '.join(TARGET_NORMALISATIONS)}, got {self.ecg_targets!r}")
+        if self.decoder_width % self.decoder_heads:
+            raise ValueError(f"decoder_width {self.decoder_width} must divide by decoder_heads {self.decoder_heads}")
         if self.n3s_candidates < 1 or self.n3s_bank_size < 0:
             raise ValueError(
                 f"n3s_candidates must be at least 1 and n3s_bank_size at least 0, got {self.n3s_candidates}, {self.n3s_bank_size}"
@@ -115,7 +125,12 @@ class CmeltObjective(Objective):
         ecg = model_config.ecg
         self.config = config
         self.ecg_decoder = MaskedECGDecoder(
-            ecg.width, config.decoder_width, config.decoder_depth, ecg.n_patches, ecg.n_leads * ecg.patch_size
+            ecg.width,
+            config.decoder_width,
+            config.decoder_depth,
+            config.decoder_heads,
+            ecg.n_patches,
+            ecg.n_leads * ecg.patch_size,
         )
         self.mlm_head = MaskedLMHead(text.hidden_size, text.vocab_size)
         self.matching = ECGTextMatching(text.hidden_size, ecg.width, config.fusion_layers, model_config.text.pooling)
@@ -170,7 +185,9 @@ class CmeltObjective(Objective):
         config = self.config
         signal, lead_mask = batch["signal"], batch["lead_mask"]
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        mem = masked_ecg_loss(model.ecg, self.ecg_decoder, signal, lead_mask, config.ecg_mask_ratio)
+        mem = masked_ecg_loss(
+            model.ecg, self.ecg_decoder, signal, lead_mask, config.ecg_mask_ratio, config.ecg_targets
+        )
         mlm = masked_lm_loss(model.text, self.mlm_head, input_ids, attention_mask, config.text_mask_ratio)
         ecg_out = model.ecg(signal, lead_mask)
         text_out = model.text(input_ids, attention_mask)
