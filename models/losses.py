@@ -36,18 +36,27 @@ class SigLipLoss(nn.Module):
     """Sigmoid contrastive loss (SigLIP): every ECG-text pair is an independent binary decision."""
 
     def forward(
-        self, ecg: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+        self,
+        ecg: torch.Tensor,
+        text: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor,
+        aligned: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ecg, text: [B, D] L2-normalised pairs; logit_scale (exp'd) and logit_bias: scalars.
+        """ecg, text: [B, D] L2-normalised, row i of each from one record; logit_scale (exp'd) and logit_bias:
+        scalars; aligned [B] bool or None (all): whether text i is ECG i's own report (C-MELT's N3S replaces
+        some).
 
         Returns -sum log sigmoid(label * logit) over this rank's rows against the global batch's
-        texts, divided by B (SigLIP's normalisation); label +1 for the pair, -1 otherwise.
+        texts, divided by B (SigLIP's normalisation); label +1 for an aligned pair, -1 otherwise.
         """
         rank, _ = world()
         all_text = gather_with_grad(text)  # [G, D]
         logits = logit_scale * ecg @ all_text.T + logit_bias  # [B, G]
         labels = -torch.ones_like(logits)
         rows = torch.arange(ecg.shape[0], device=ecg.device)
+        if aligned is not None:
+            rows = rows[aligned.bool()]
         labels[rows, rows + rank * ecg.shape[0]] = 1.0
         return -F.logsigmoid(labels * logits).sum() / ecg.shape[0]
 

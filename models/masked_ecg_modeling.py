@@ -1,11 +1,13 @@
 """Masked ECG modelling (MAE over ECG patches): C-MELT's reconstruction term.
 
-    loss = masked_ecg_loss(tower, decoder, signal, lead_mask, mask_ratio=0.75)
+    prediction = decoder(latent, ids_restore)                        # [B, N, 12 * P]
+    loss = masked_patch_loss(prediction, ecg_targets(tower, signal, lead_mask, "lead"), mask)
 
-Encode a random (1 - mask_ratio) of the patches with the ECG tower, reconstruct every patch with a
-light `MaskedECGDecoder`, and score the removed ones. Targets are each lead z-scored over the whole record,
-as C-MELT's authors normalise them (manhph2211/D-BETA models/dbeta.py `get_targets`, norm_pix_loss), or
-each patch normalised on its own (MAE's norm_pix_loss): `ecg_targets`.
+The ECG tower encodes a random (1 - mask_ratio) of the patches (`ECGTower.random_masking`), a light
+`MaskedECGDecoder` reconstructs every patch from what it is given of them (C-MELT: the fused ECG stream), and
+the removed ones are scored. Targets are each lead z-scored over the whole record, as C-MELT's authors
+normalise them (manhph2211/D-BETA models/dbeta.py `get_targets`, norm_pix_loss), or each patch normalised on
+its own (MAE's norm_pix_loss): `ecg_targets`.
 """
 
 from __future__ import annotations
@@ -96,23 +98,3 @@ class MaskedECGDecoder(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)  # [B, N, Wd]
         return self.prediction(self.norm(tokens))  # [B, N, 12 * P]
-
-
-def masked_ecg_loss(
-    tower: ECGTower,
-    decoder: MaskedECGDecoder,
-    signal: torch.Tensor,
-    lead_mask: torch.Tensor,
-    mask_ratio: float,
-    normalisation: str = "lead",
-) -> torch.Tensor:
-    """MEM: encode a random (1 - mask_ratio) of the patches, reconstruct all, score the removed ones.
-
-    signal [B, 12, T], lead_mask [B, 12] bool. Leads are dropped at random in training (`drop_leads`)
-    on the input only. Targets: `ecg_targets` of the present leads. Returns the scalar `masked_patch_loss`.
-    """
-    tokens = tower.embed(signal, tower.drop_leads(lead_mask))  # [B, N, W]
-    kept, mask, ids_restore = tower.random_masking(tokens, mask_ratio)  # [B, N_keep, W], [B, N], [B, N]
-    prediction = decoder(tower.encode(kept), ids_restore)  # [B, N, 12 * P]
-    target = ecg_targets(tower, signal.to(prediction.dtype), lead_mask, normalisation)  # [B, N, 12 * P]
-    return masked_patch_loss(prediction, target, mask)

@@ -32,14 +32,17 @@ from models.objectives import build_objective
 from models.report_generation import DraftedReport, DraftOptions, generate_reports
 from models.text_tower import TextTower
 
-FORMAT_VERSION = 3
-"""3: MELP's beat level is GLoRIA's, with sentences from the report's own pass through
+FORMAT_VERSION = 4
+"""4: C-MELT is its authors' single masked pass through a co-attention fusion (new weights: a C-MELT export
+of an older format is refused); MELP's config records `text.causal` (absent: the bidirectional tower it was).
+3 (read too): MELP's beat level is GLoRIA's, with sentences from the report's own pass through
 `objective.sentence_projection`, and its global embedding the mean of its beats (`ecg.rhythm_pooling`);
 a MELP export of format 1 or 2 is refused: it lacks that projection and has a pooler the format drops.
 2 (read too): config.json records `trained_with` (the data's preprocessing and the validation's label task).
 1 (read too): no `trained_with`; its objective section lists every objective's fields."""
-READABLE_VERSIONS = (1, 2, 3)
-MELP_SINCE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3, 4)
+ARCHITECTURE_SINCE_VERSION = {"melp": 3, "cmelt": 4}
+"""The first format whose weights an objective's present architecture reads."""
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
 
 
@@ -186,10 +189,12 @@ def read_saved_config(directory: str | os.PathLike) -> SavedConfig:
         if version not in READABLE_VERSIONS:
             raise ValueError(f"format_version {version}; this code reads {', '.join(map(str, READABLE_VERSIONS))}")
         model_dict = saved["model"] if version > 1 else _objective_fields_of_its_own(saved["model"])
-        if version < MELP_SINCE_VERSION and model_dict.get("objective", {}).get("name", "melp") == "melp":
+        objective = model_dict.get("objective", {}).get("name", "melp")
+        since = ARCHITECTURE_SINCE_VERSION.get(objective, 1)
+        if version < since:
             raise ValueError(
-                f"a MELP export of format_version {version}, from before MELP's beat level became GLoRIA's "
-                f"(format {MELP_SINCE_VERSION}); its weights lack the sentence projection: train it again"
+                f"a {objective} export of format_version {version}, from before its architecture became its "
+                f"authors' (format {since}); its weights do not fit the model this code builds: train it again"
             )
         return SavedConfig(ModelConfig.from_dict(model_dict), saved["text_encoder"], saved.get("trained_with"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:

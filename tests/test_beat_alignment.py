@@ -122,11 +122,15 @@ def test_melp_trains_on_a_batch_with_reports_without_a_sentence(shard_batch):
         assert bool(model.objective.sentence_projection.weight.grad.any()) == has_sentences
 
 
-def test_a_melp_export_from_before_the_gloria_beat_level_is_refused_with_the_reason(tmp_path):
-    model, _ = create_model("tiny", objective="melp")
+@pytest.mark.parametrize("objective, version", [("melp", 2), ("cmelt", 3)])
+def test_an_export_from_before_its_objective_became_the_authors_is_refused_with_the_reason(
+    tmp_path, objective, version
+):
+    """MELP before format 3 (GLoRIA's beat level), C-MELT before format 4 (the single masked pass)."""
+    model, _ = create_model("tiny", objective=objective)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    saved["format_version"] = 2
+    saved["format_version"] = version
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=r"MELP export of format_version 2.*lack the sentence projection"):
+    with pytest.raises(ValueError, match=rf"a {objective} export of format_version {version}.*train it again"):
         ECGTextModel.from_pretrained(tmp_path)

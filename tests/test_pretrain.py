@@ -17,13 +17,18 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 from models.factory import resolve_config
 from models.model import ECGTextModel
 from pipelines.pretrain import main as pretrain_main
+from pipelines.storage import Location
 from pipelines.training.config import TrainConfig
 from pipelines.training.launch import pretrain
+from pipelines.training.n3s_index import INDEX_DIR, attach_run_index, build_run_index
+from pipelines.training.run_directory import RunDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(workers=2, batch_size=8, warmup_steps=1, progress_every_s=0.0, checkpoints_to_keep=1)
@@ -90,6 +95,11 @@ def test_the_cli_trains_cmelt_under_zero_2_and_its_console_is_readable(synthetic
     logs = {path.name for path in (run_dir / "logs").iterdir()}
     assert {"pretrain.log", "worker-0.log", "worker-1.log"} <= logs
     assert "Started a local Ray instance" in (run_dir / "logs" / "pretrain.log").read_text()
+    # C-MELT's N3S index: every unique train report once, built before the workers started.
+    train_reports = set(pq.read_table(sorted(synthetic_shards.glob("part-train-*.parquet")), columns=["report"])
+                        .column("report").to_pylist())
+    assert json.loads((run_dir / "n3s" / "reports.json").read_text()) == sorted(train_reports)
+    assert f"pretrain: N3S index of {len(train_reports):,} unique train reports built" in output
 
 
 @pytest.mark.slow
@@ -123,3 +133,37 @@ def test_bad_config_fails_before_any_worker_starts(args, message, tmp_path, caps
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists(), "nothing was started or written"
+
+
+@pytest.mark.slow
+def test_a_run_builds_its_n3s_index_once_and_every_worker_attaches_it(ray_cluster, object_store, caplog):
+    """Built from the unique train reports by the run's initial text tower, kept in the run directory (here a
+    bucket) and kept when the run resumes; a worker's model gets it from its scratch copy."""
+    import logging
+
+    import ray
+
+    reports = ["sinus rhythm.", "atrial fibrillation.", "sinus rhythm.", "normal ecg.", "left axis deviation."]
+    train = ray.data.from_items([{"report": report} for report in reports])
+    config = resolve_config("tiny", "cmelt")
+    run_dir = object_store.uri("runs/n3s")
+    with caplog.at_level(logging.INFO):
+        build_run_index(RunDirectory.open(run_dir, "driver"), train, config, seed=3)
+    index_dir = Location.of(object_store.uri(f"runs/n3s/{INDEX_DIR}"))
+    stamps = sorted((info.path, info.mtime_ns) for info in index_dir.files())
+    assert len(stamps) == 2 and "N3S index of 4 unique train reports built" in caplog.text
+    with caplog.at_level(logging.INFO):
+        build_run_index(RunDirectory.open(run_dir, "driver"), train, config, seed=3)  # the run resumed
+    assert "N3S index kept" in caplog.text
+    assert sorted((info.path, info.mtime_ns) for info in index_dir.files()) == stamps
+
+    torch.manual_seed(3)  # a worker's model, initialised as the run's
+    model = ECGTextModel(config)
+    worker_run = RunDirectory.open(run_dir, "worker-0")
+    attach_run_index(model, worker_run)
+    index = model.objective.n3s_index
+    assert index.reports == sorted(set(reports))
+    with torch.no_grad():
+        expected = model.eval().text(**model.text.tokenize(index.reports)).pooled
+    torch.testing.assert_close(index.embeddings, torch.nn.functional.normalize(expected, dim=-1), rtol=0, atol=1e-6)
+    worker_run.close()

@@ -9,6 +9,7 @@ terms. Each lives in one module of this package and registers itself:
         unused_modules = ()                # model parts it never calls, frozen so no optimizer touches them
         freezes_text_tower = False         # True: the whole text tower is frozen (METS)
         trains_beat_pooler = False         # True: a loss reads the beat pooler (MELP), so its attention is evidence
+        uses_corpus_index = False          # True: the run builds an N3S index of its train reports (C-MELT)
         sweep_space = {"objective.x": {"uniform": [0.1, 1.0]}}   # what tune.sweep searches by default
 
 Every module here is imported on the first lookup, so a new objective is one module in this folder and a
@@ -46,6 +47,9 @@ class Objective(nn.Module):
     freezes_text_tower: ClassVar[bool] = False
     trains_beat_pooler: ClassVar[bool] = False
     """True where a loss reads the ECG tower's beat-level summaries (MELP's beat alignment)."""
+    uses_corpus_index: ClassVar[bool] = False
+    """True where collation draws from the run's corpus index (C-MELT's N3S): the run builds it once and each
+    worker sets it as the objective's `n3s_index` (pipelines.training.n3s_index)."""
     sweep_space: ClassVar[dict[str, dict]] = {}
     """`section.field` → one distribution, in `tune.space`'s notation."""
 

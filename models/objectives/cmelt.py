@@ -1,12 +1,14 @@
-"""C-MELT: masked ECG modelling, masked language modelling, ECG-text matching with N3S negatives and a
-sigmoid contrastive loss, trained together.
+"""C-MELT as its authors build it (manhph2211/D-BETA models/dbeta.py, M3AE-style): one masked pass.
 
     losses = model(batch)   # {"mem_loss", "mlm_loss", "itm_loss", "contrastive_loss", "loss"}
 
-Each term is a small piece: `masked_ecg_loss` (MAE with a light decoder, models.masked_ecg_modeling),
-the text tower's masked-LM loss (models.masked_language_modeling), `ECGTextMatching` (fusion layers
-and a matching head) on positives and N3S negatives both ways (models.n3s: the batch and a bank of
-recent reports), and SigLIP (models.losses). "loss" is their weighted sum.
+The 75 %-masked ECG (MAE's random masking, behind a class token of its own) and the 25 %-masked report go
+through the towers and the co-attention fusion once (models.co_attention). MLM logits come from the fused text
+stream; the masked-ECG decoder (models.masked_ecg_modeling) reads the fused ECG stream at the authors' fusion
+layer; matching reads both streams' first tokens; the sigmoid contrastive loss reads the towers' own embeddings
+of the same masked inputs. Half of each training batch's reports were replaced in collation by N3S negatives
+from the run's corpus index (models.n3s), and matching and the sigmoid loss take those pairs as negatives.
+"loss" is the weighted sum.
 """
 
 from __future__ import annotations
@@ -14,18 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.co_attention import CoAttentionFusion, FirstTokenPooler
 from models.config import ModelConfig, ObjectiveConfig
-from models.cross_attention import TextOverECG
 from models.losses import LogitScale, SigLipLoss
-from models.masked_ecg_modeling import TARGET_NORMALISATIONS, MaskedECGDecoder, masked_ecg_loss
-from models.masked_language_modeling import MaskedLMHead, masked_lm_loss
-from models.n3s import ReportBank, drop_padding_columns, n3s_negatives
+from models.masked_ecg_modeling import TARGET_NORMALISATIONS, MaskedECGDecoder, ecg_targets, masked_patch_loss
+from models.masked_language_modeling import MaskedLMHead, mask_tokens
+from models.n3s import CorpusIndex
 from models.objectives import Objective, register
-from models.text_tower import TextTower, pool_tokens
+from models.text_tower import TextTower
 
 if TYPE_CHECKING:
     from models.model import ECGTextModel
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CmeltConfig(ObjectiveConfig):
-    """C-MELT's knobs (published defaults): masking ratios, loss weights, decoder and fusion sizes,
-    SigLIP's initial scale and bias, N3S."""
+    """C-MELT's knobs: masking ratios, loss weights, the masked-ECG decoder and fusion sizes (the authors'
+    D-BETA configs/config.json), SigLIP's initial scale and bias (the paper's), N3S."""
 
     ecg_mask_ratio: float = 0.75
     text_mask_ratio: float = 0.25
@@ -48,16 +51,17 @@ class CmeltConfig(ObjectiveConfig):
     decoder_width: int = 384
     decoder_depth: int = 4
     decoder_heads: int = 6
-    """The masked-ECG decoder: the authors' 384 wide, 4 blocks, 6 heads (D-BETA configs/config.json
-    `mem_decoder_*`; their `Transformer(…, num_layers + 1)` builds num_layers blocks)."""
-    fusion_layers: int = 2
+    """The masked-ECG decoder: the authors' 384 wide, 4 blocks, 6 heads (`mem_decoder_*`; their
+    `Transformer(…, num_layers + 1)` builds num_layers blocks)."""
+    fusion_layers: int = 6
+    """Co-attention layers per stream (the authors' `num_top_layer`); the fusion is the text tower's width."""
+    fusion_heads: int = 12
+    fusion_tap_layer: int = 3
+    """The masked-ECG decoder reads the ECG stream after this many fusion layers (the authors' `mem_layer`)."""
     siglip_init_scale: float = 10.0
     siglip_init_bias: float = -10.0
-    n3s_candidates: int = 8
-    """N3S: a negative is drawn from this many reports least similar to the positive."""
-    n3s_bank_size: int = 4096
-    """N3S searches the batch and a bank of the last this many training reports (of all ranks);
-    0 = the batch only. The bank is not saved with the model: a resumed run refills it."""
+    n3s_neighbours: int = 64
+    """N3S draws a replacement among this many nearest neighbours of a report's negated embedding."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,46 +72,24 @@ class CmeltConfig(ObjectiveConfig):
             raise ValueError(f"ecg_targets must be one of {', '.join(TARGET_NORMALISATIONS)}, got {self.ecg_targets!r}")
         if self.decoder_width % self.decoder_heads:
             raise ValueError(f"decoder_width {self.decoder_width} must divide by decoder_heads {self.decoder_heads}")
-        if self.n3s_candidates < 1 or self.n3s_bank_size < 0:
-            raise ValueError(
-                f"n3s_candidates must be at least 1 and n3s_bank_size at least 0, got {self.n3s_candidates}, {self.n3s_bank_size}"
-            )
-
-
-class ECGTextMatching(nn.Module):
-    """ECG-text matching: fusion layers in which report tokens self-attend and cross-attend to the ECG
-    tokens (projected to the text width), and a 2-way linear head on the fused report, pooled as the
-    text tower pools ("cls", "mean" or "last"). Not always the first token, as ALBEF's head reads:
-    sentence encoders such as all-MiniLM-L6-v2 are trained mean-pooled, and on the tiny config
-    (seeds 0-9) ITM falls below 0.5 ln 2 after 60-110 steps mean-pooled, 70-200+ from the first token.
-    """
-
-    def __init__(self, text_width: int, ecg_width: int, layers: int, pooling: str) -> None:
-        super().__init__()
-        self.fusion = TextOverECG(text_width, ecg_width, layers)
-        self.head = nn.Linear(text_width, 2)
-        self.pooling = pooling
-
-    def forward(
-        self, text_tokens: torch.Tensor, attention_mask: torch.Tensor, ecg_tokens: torch.Tensor
-    ) -> torch.Tensor:
-        """text_tokens [M, L, H], attention_mask [M, L], ecg_tokens [M, N, W] → logits [M, 2] (1 = a pair)."""
-        fused = self.fusion(text_tokens, attention_mask == 0, ecg_tokens)  # [M, L, H]
-        return self.head(pool_tokens(fused, attention_mask, self.pooling))  # [M, 2]
+        if not 0 <= self.fusion_tap_layer <= self.fusion_layers:
+            raise ValueError(f"fusion_tap_layer {self.fusion_tap_layer} must be within 0-{self.fusion_layers}")
+        if self.n3s_neighbours < 1:
+            raise ValueError(f"n3s_neighbours must be at least 1, got {self.n3s_neighbours}")
 
 
 @register
 class CmeltObjective(Objective):
-    """C-MELT: mem_weight · MEM + mlm_weight · MLM + itm_weight · ITM (N3S) + contrastive_weight · SigLIP.
+    """C-MELT: mem_weight · MEM + mlm_weight · MLM + itm_weight · ITM + contrastive_weight · SigLIP, one pass.
 
-    The contrastive and matching terms see the whole ECG (one forward through the tower: its pooled
-    embedding is projected and normalised as `encode_ecg` does, its tokens feed the fusion layers)
-    and the unmasked report; MEM and MLM see their own masked copies. In training, each step's
-    reports (of every rank) then enter the N3S report bank.
+    `n3s_index` (set by the training run from its corpus index) makes collation in training mode replace half
+    the reports with N3S negatives; without one, or in eval mode (validation, the export check), every pair is
+    aligned.
     """
 
     name = "cmelt"
     config_class = CmeltConfig
+    uses_corpus_index = True
     sweep_space = {
         "objective.siglip_init_scale": {"loguniform": [3.0, 30.0]},
         "objective.learn_temperature": {"choice": [True, False]},
@@ -122,81 +104,59 @@ class CmeltObjective(Objective):
 
     def __init__(self, config: CmeltConfig, model_config: ModelConfig, text: TextTower) -> None:
         super().__init__(config, model_config, text)
-        ecg = model_config.ecg
+        ecg, width = model_config.ecg, text.hidden_size
         self.config = config
+        self.ecg_class_token = nn.Parameter(torch.rand(ecg.width))  # the authors' `class_embedding`, uniform_
+        self.fusion = CoAttentionFusion(
+            width, ecg.width, width, config.fusion_layers, config.fusion_heads, config.fusion_tap_layer
+        )
         self.ecg_decoder = MaskedECGDecoder(
-            ecg.width,
-            config.decoder_width,
-            config.decoder_depth,
-            config.decoder_heads,
-            ecg.n_patches,
+            width, config.decoder_width, config.decoder_depth, config.decoder_heads, ecg.n_patches,
             ecg.n_leads * ecg.patch_size,
         )
-        self.mlm_head = MaskedLMHead(text.hidden_size, text.vocab_size)
-        self.matching = ECGTextMatching(text.hidden_size, ecg.width, config.fusion_layers, model_config.text.pooling)
-        self.report_bank = ReportBank(
-            config.n3s_bank_size,
-            config.embed_dim,
-            model_config.text.max_length,
-            text.pad_token_id,
-            text.tokenizer.padding_side,
-        )
+        self.mlm_head = MaskedLMHead(width, text.vocab_size)
+        self.text_pooler, self.ecg_pooler = FirstTokenPooler(width), FirstTokenPooler(width)
+        self.matching_head = nn.Linear(2 * width, 2)
         self.logit_scale = LogitScale(1 / config.siglip_init_scale, config.max_logit_scale, config.learn_temperature)
         self.logit_bias = nn.Parameter(torch.full((1,), float(config.siglip_init_bias)))  # [1]: see LogitScale
         self.siglip = SigLipLoss()
+        self.n3s_index: CorpusIndex | None = None
+        self._n3s_rng = np.random.default_rng(torch.initial_seed())
 
-    def matching_loss(
-        self,
-        text: TextTower,
-        text_tokens: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        report_embeddings: torch.Tensor,
-        ecg_tokens: torch.Tensor,
-    ) -> torch.Tensor:
-        """ITM in both directions (ALBEF): cross-entropy of the matching head over the B positives
-        (ECG i, report i), the pairs (ECG i, an N3S report of the batch or the bank) and the pairs
-        (the ECG of an N3S report of the batch, report i), wherever N3S finds a report of another text.
-
-        text_tokens [B, L, H], input_ids and attention_mask [B, L], report_embeddings [B, D] (the
-        reports' normalised embeddings, which rank the candidates), ecg_tokens [B, N, W]. The B
-        negative reports of the first kind are encoded here, in one text-tower call on every step
-        and rank (as ZeRO-3's parameter gathering needs), whether they come from the batch or the bank.
-        """
-        bank, n_candidates = self.report_bank, self.config.n3s_candidates
-        batch_size = len(input_ids)
-        pool, pool_ids, pool_mask = bank.with_batch(report_embeddings, input_ids, attention_mask)  # [B + K, …]
-        report, has_report = n3s_negatives(report_embeddings, pool_ids[:batch_size], pool, pool_ids, n_candidates)
-        ecg, has_ecg = n3s_negatives(report_embeddings, input_ids, report_embeddings, input_ids, n_candidates)
-        negative_ids, negative_mask = drop_padding_columns(pool_ids[report], pool_mask[report])  # [B, L']
-        negative_tokens = text(negative_ids, negative_mask).tokens  # [B, L', H]
-        rows = torch.arange(batch_size, device=input_ids.device)  # [B]
-        text_rows, ecg_rows = torch.cat([rows, rows[has_ecg]]), torch.cat([rows, ecg[has_ecg]])  # [B + B']
-        logits = torch.cat(
-            [
-                self.matching(text_tokens[text_rows], attention_mask[text_rows], ecg_tokens[ecg_rows]),
-                self.matching(negative_tokens, negative_mask, ecg_tokens)[has_report],
-            ]
-        )  # [B + B' + B'', 2]
-        labels = (torch.arange(len(logits), device=logits.device) < batch_size).long()  # 1 = a pair
-        return F.cross_entropy(logits, labels)
+    def text_inputs(self, reports: list[str], text: TextTower) -> dict[str, torch.Tensor]:
+        """The reports, in training half replaced by N3S negatives where an index is set, tokenized [B, L], and
+        aligned [B] bool (False where replaced)."""
+        if self.n3s_index is None or not self.training:
+            aligned = torch.ones(len(reports), dtype=torch.bool)
+        else:
+            reports, aligned = self.n3s_index.replace_half(reports, self._n3s_rng, self.config.n3s_neighbours)
+        return {**text.tokenize(reports), "aligned": aligned}
 
     def forward(self, model: ECGTextModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        config = self.config
-        signal, lead_mask = batch["signal"], batch["lead_mask"]
+        config, text, tower = self.config, model.text, model.ecg
+        signal, lead_mask, aligned = batch["signal"], batch["lead_mask"], batch["aligned"]
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        mem = masked_ecg_loss(
-            model.ecg, self.ecg_decoder, signal, lead_mask, config.ecg_mask_ratio, config.ecg_targets
+        masked_ids, mlm_labels = mask_tokens(
+            input_ids, attention_mask, text.tokenizer.all_special_ids, text.mask_token_id, text.vocab_size,
+            config.text_mask_ratio,
         )
-        mlm = masked_lm_loss(model.text, self.mlm_head, input_ids, attention_mask, config.text_mask_ratio)
-        ecg_out = model.ecg(signal, lead_mask)
-        text_out = model.text(input_ids, attention_mask)
-        ecg = F.normalize(model.ecg_projection(ecg_out.pooled), dim=-1)  # [B, D]
-        text = F.normalize(model.text_projection(text_out.pooled), dim=-1)  # [B, D]
-        itm = self.matching_loss(model.text, text_out.tokens, input_ids, attention_mask, text, ecg_out.tokens)
-        contrastive = self.siglip(ecg, text, self.logit_scale(), self.logit_bias)
-        if self.training:
-            self.report_bank.add(text, input_ids, attention_mask)
+        text_out = text(masked_ids, attention_mask)  # [B, L, H]
+        tokens = tower.embed(signal, tower.drop_leads(lead_mask))  # [B, N, W]
+        kept, mem_mask, ids_restore = tower.random_masking(tokens, config.ecg_mask_ratio)  # [B, N_keep, W], [B, N]
+        class_token = self.ecg_class_token.to(kept.dtype).expand(len(kept), 1, -1)  # [B, 1, W]
+        encoded = tower.encode(torch.cat([class_token, kept], dim=1))  # [B, 1 + N_keep, W]
+        pooled, _ = tower.pool(encoded[:, 1:])  # [B, W]
+        fused_text, fused_ecg, tapped_ecg = self.fusion(text_out.tokens, attention_mask, encoded)
+
+        mlm = self.mlm_head(fused_text, mlm_labels, text.word_embeddings)
+        prediction = self.ecg_decoder(tapped_ecg[:, 1:], ids_restore)  # [B, N, 12 * P]
+        target = ecg_targets(tower, signal.to(prediction.dtype), lead_mask, config.ecg_targets)
+        mem = masked_patch_loss(prediction, target, mem_mask)
+        matching = self.matching_head(torch.cat([self.text_pooler(fused_text), self.ecg_pooler(fused_ecg)], dim=-1))
+        itm = F.cross_entropy(matching, aligned.long())
+        ecg = F.normalize(model.ecg_projection(pooled), dim=-1)  # [B, D]
+        report = F.normalize(model.text_projection(text_out.pooled), dim=-1)  # [B, D]
+        contrastive = self.siglip(ecg, report, self.logit_scale(), self.logit_bias, aligned)
         total = (
             config.mem_weight * mem
             + config.mlm_weight * mlm

@@ -42,6 +42,7 @@ from pipelines.training.config import TrainConfig
 from pipelines.training.console import RelayedConsole
 from pipelines.training.data import label_lists, split_dataset, train_columns, val_columns
 from pipelines.training.history import HISTORY_FILE, ReportHistory, read_history
+from pipelines.training.n3s_index import build_run_index
 from pipelines.training.run_directory import RunDirectory
 from pipelines.training.trainer import best_checkpoint, build_trainer, is_number, with_cpus_per_worker
 from pipelines.training.worker import FaultInjection, LoopSpec, train_loop_per_worker
@@ -139,6 +140,8 @@ def pretrain(
         val_task.name,
         ", ".join(val_codes) or "no class (validation loss decides)",
     )
+    if objective_class(objective).uses_corpus_index:
+        build_run_index(run, train, model_config, train_config.seed)
 
     with RelayedConsole(log) as console:
         spec = LoopSpec(

@@ -35,6 +35,7 @@ from pipelines.training.data import collate_batch
 from pipelines.training.engine import DTYPES, initialize_engine, optimizer_step, resolve_precision
 from pipelines.training.export_check import probe_embeddings, save_probe, take_probe
 from pipelines.training.meter import StepMeter
+from pipelines.training.n3s_index import attach_run_index
 from pipelines.training.run_directory import RunDirectory
 from pipelines.training.run_model import build_model
 from pipelines.training.validation import validate
@@ -94,6 +95,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     model = build_model(ModelConfig.from_dict(spec.model)).to(device)
+    if model.objective.uses_corpus_index:
+        attach_run_index(model, run)
     engine, scheduler = initialize_engine(
         model, train, spec.total_steps, precision, model.parameters_used_outside_their_module()
     )
