@@ -1,18 +1,19 @@
-"""Issue 27's yardstick: MELP as its authors built it (this checkout) against the code before issue 27 (a git
+"""Issue 27's yardstick: an objective as its authors built it (this checkout) against the code before (a git
 ref), on the same data and steps, side by side in one run.
 
     python -m tests.benchmarks.bench_fidelity --before 29842ac --synthetic data/synthetic \\
-        --ptbxl-shards data/ptbxl500 --output runs/fidelity
+        --ptbxl-shards data/ptbxl500 --output runs/fidelity [--objective melp|cmelt] [--epochs 10]
 
 For each variant in turn (before: a `git worktree` of the ref, imported through PYTHONPATH; after: this
 checkout), the commands a user runs:
-1. the main job: `pipelines.pretrain` (tiny, MELP, 2 workers, ZeRO-2, `--epochs`) on the synthetic shards,
-   then `pipelines.evaluate --mode zero-shot report retrieval` on their test split;
-2. PTB-XL-500 by concept: the same on PTB-XL-500 shards (folds 1-8 train, 9 val, 10 test; `--task concepts`,
-   `--ptbxl-epochs`).
-Figures per run: zero-shot macro AUROC, the drafts' clinical-efficacy macro F1, ECG→report Recall@10, and the
-whole pretraining command's samples/s (optimizer steps × batch / its wall time). Prints a Markdown table and
-writes OUTPUT/fidelity.json.
+1. the main job: `pipelines.pretrain` (tiny, the objective, 2 workers, ZeRO-2, `--epochs`) on the synthetic
+   shards, then `pipelines.evaluate --mode zero-shot report retrieval` on their test split (no `report` for an
+   objective without a caption decoder);
+2. with `--ptbxl-shards`, PTB-XL-500 by concept: the same on PTB-XL-500 shards (folds 1-8 train, 9 val, 10
+   test; `--task concepts`, `--ptbxl-epochs`).
+Figures per run: zero-shot macro AUROC, the drafts' clinical-efficacy macro F1 (MELP), ECG→report Recall@10,
+and the whole pretraining command's samples/s (optimizer steps × batch / its wall time). Prints a Markdown
+table and writes OUTPUT/fidelity.json.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PRETRAIN = ["--config", "tiny", "--objective", "melp", "--workers", "2", "--zero-stage", "2", "--overwrite"]
+PRETRAIN = ["--config", "tiny", "--workers", "2", "--zero-stage", "2", "--overwrite"]
 
 
 def run(command: list[str], root: Path, log: Path) -> float:
@@ -51,20 +52,21 @@ def check_imports(root: Path) -> None:
         raise SystemExit(f"{root} imports models from {where}")
 
 
-def measure(root: Path, shards: Path, run_dir: Path, epochs: int, task: str) -> dict:
+def measure(root: Path, shards: Path, run_dir: Path, epochs: int, task: str, objective: str) -> dict:
     """Pretrain, then evaluate, as the README's main job does; the figures of the table."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    pretrain = ["pipelines.pretrain", "--data", str(shards), "--output", str(run_dir), *PRETRAIN]
+    pretrain = ["pipelines.pretrain", "--data", str(shards), "--output", str(run_dir), *PRETRAIN, "--objective", objective]
     wall = run([*pretrain, "--epochs", str(epochs), "--task", task], root, run_dir.parent / f"{run_dir.name}.pretrain.log")
     trained = json.loads((run_dir / "metrics.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     evaluate = ["pipelines.evaluate", "--model", str(run_dir / "export"), "--data", str(shards)]
-    evaluate += ["--output", str(run_dir / "eval"), "--task", task, "--mode", "zero-shot", "report", "retrieval"]
+    drafts = ["report"] if objective == "melp" else []
+    evaluate += ["--output", str(run_dir / "eval"), "--task", task, "--mode", "zero-shot", *drafts, "retrieval"]
     run(evaluate, root, run_dir.parent / f"{run_dir.name}.evaluate.log")
     figures = json.loads((run_dir / "eval" / "metrics.json").read_text())
     return {
         "zero_shot_macro_auroc": figures["zero_shot"]["macro_auroc"],
-        "drafts_ce_macro_f1": figures["report"]["ce_macro_f1"],
+        "drafts_ce_macro_f1": figures["report"]["ce_macro_f1"] if drafts else float("nan"),
         "ecg_to_report_r10": figures["retrieval"]["ecg_to_report"]["R@10"],
         "samples_per_s": trained["total_steps"] * config["train"]["batch_size"] / wall,
         "pretrain_wall_s": wall,
@@ -77,7 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="git ref of the code before issue 27")
     parser.add_argument("--synthetic", required=True, help="the main job's shards (prepare --source synthetic)")
-    parser.add_argument("--ptbxl-shards", required=True, help="PTB-XL-500 shards (--report labels)")
+    parser.add_argument("--ptbxl-shards", help="PTB-XL-500 shards (--report labels); without: the main job only")
+    parser.add_argument("--objective", default="melp", choices=["melp", "cmelt"])
     parser.add_argument("--output", required=True)
     parser.add_argument("--epochs", type=int, default=10, help="the main job's epochs (the README's: 10)")
     parser.add_argument("--ptbxl-epochs", type=int, default=40)
@@ -90,14 +93,15 @@ def main() -> None:
     for root in variants.values():
         check_imports(root)
     data = {"main job (synthetic)": (Path(args.synthetic).resolve(), args.epochs, "synthetic")}
-    data["PTB-XL-500 by concept"] = (Path(args.ptbxl_shards).resolve(), args.ptbxl_epochs, "concepts")
+    if args.ptbxl_shards:
+        data["PTB-XL-500 by concept"] = (Path(args.ptbxl_shards).resolve(), args.ptbxl_epochs, "concepts")
     results = {}
     for name, (shards, epochs, task) in data.items():
         for variant, root in variants.items():
-            run_dir = output / f"{variant}-{task}"
-            results[f"{name} · {variant}"] = measure(root, shards, run_dir, epochs, task)
-            print(name, variant, results[f"{name} · {variant}"], flush=True)
-    (output / "fidelity.json").write_text(json.dumps(results, indent=2))
+            run_dir = output / f"{args.objective}-{variant}-{task}"
+            results[f"{name} · {args.objective} · {variant}"] = measure(root, shards, run_dir, epochs, task, args.objective)
+            print(name, variant, results[f"{name} · {args.objective} · {variant}"], flush=True)
+    (output / f"fidelity-{args.objective}.json").write_text(json.dumps(results, indent=2))
     print("| data · code | zero-shot macro AUROC | drafts CE macro F1 | ECG→report R@10 | samples/s | steps |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for key, r in results.items():
