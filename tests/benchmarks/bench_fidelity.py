@@ -78,7 +78,7 @@ def measure(root: Path, shards: Path, run_dir: Path, epochs: int, task: str, obj
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="git ref of the code before issue 27")
-    parser.add_argument("--synthetic", required=True, help="the main job's shards (prepare --source synthetic)")
+    parser.add_argument("--synthetic", help="the main job's shards (prepare --source synthetic); without: PTB-XL only")
     parser.add_argument("--ptbxl-shards", help="PTB-XL-500 shards (--report labels); without: the main job only")
     parser.add_argument("--objective", default="melp", choices=["melp", "cmelt"])
     parser.add_argument("--output", required=True)
@@ -92,7 +92,7 @@ def main() -> None:
     variants = {"before": before, "after": REPO}
     for root in variants.values():
         check_imports(root)
-    data = {"main job (synthetic)": (Path(args.synthetic).resolve(), args.epochs, "synthetic")}
+    data = {"main job (synthetic)": (Path(args.synthetic).resolve(), args.epochs, "synthetic")} if args.synthetic else {}
     if args.ptbxl_shards:
         data["PTB-XL-500 by concept"] = (Path(args.ptbxl_shards).resolve(), args.ptbxl_epochs, "concepts")
     results = {}
