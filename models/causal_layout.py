@@ -67,18 +67,17 @@ class CausalLayout:
         input_ids = torch.full((len(lengths), width), self.pad, dtype=torch.long)
         attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
         offsets = torch.zeros(len(lengths), width, 2, dtype=torch.long)
+        special = torch.ones_like(attention_mask)
         for row, (ids, n) in enumerate(zip(words["input_ids"], lengths, strict=True)):
             input_ids[row, : n + 2] = torch.tensor([self.bos, *ids, self.end])
             attention_mask[row, : n + 2] = 1
+            special[row, 1 : n + 1] = 0
             if with_offsets and n:
                 offsets[row, 1 : n + 1] = torch.tensor(words["offset_mapping"][row])
         input_ids[:, -1] = self.summary
         attention_mask[:, -1] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if with_offsets:
-            special = torch.ones_like(attention_mask)
-            for row, n in enumerate(lengths):
-                special[row, 1 : n + 1] = 0
             batch |= {"offset_mapping": offsets, "special_tokens_mask": special}
         return batch
 

@@ -1,5 +1,5 @@
-"""Text tokens over ECG tokens: the cross-modal stack that MELP's caption decoder and C-MELT's
-matching fusion share."""
+"""Text tokens over ECG tokens: the cross-modal stack of MELP's caption decoder on a bidirectional text tower
+(`text.causal=false`). C-MELT's fusion is `models.co_attention`."""
 
 from __future__ import annotations
 

@@ -198,13 +198,15 @@ def test_the_fusion_streams_read_each_other_and_the_decoder_taps_its_layer():
         for text_layer, ecg_layer in zip(fusion.text_layers, fusion.ecg_layers, strict=True):
             x, y = text_layer(x, mask == 0, y, no_pad), ecg_layer(y, no_pad, x, mask == 0)
             states.append(y)
-    torch.testing.assert_close(fused_text, x) and torch.testing.assert_close(fused_ecg, y)
+    torch.testing.assert_close(fused_text, x)
+    torch.testing.assert_close(fused_ecg, y)
     torch.testing.assert_close(tapped, states[0])
     with torch.no_grad():  # a padded token changes nothing
         changed = text.clone()
         changed[0, 3:] = 100.0
         again = fusion(changed, mask, ecg)
-    torch.testing.assert_close(again[1], fused_ecg) and torch.testing.assert_close(again[0][:, :3], fused_text[:, :3])
+    torch.testing.assert_close(again[1], fused_ecg)
+    torch.testing.assert_close(again[0][:, :3], fused_text[:, :3])
 
 
 def test_objective_returns_the_five_terms_and_their_weighted_sum(shard_batch):
