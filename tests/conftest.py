@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,50 @@ def ptbxl_melp_run(ptbxl_shards, tmp_path_factory) -> tuple[Path, dict]:
         progress_every_s=0.0,
     )  # fmt: skip
     return run_dir, pretrain(str(ptbxl_shards), run_dir, resolve_config("tiny", "melp"), train, val_rows=64)
+
+
+@dataclass(frozen=True)
+class KilledRun:
+    """A pretraining run whose worker was killed, on shards unlike the defaults (`preprocessing`), and what it
+    was trained from: the raw archive, its shards, the run directory and the run's metrics."""
+
+    archive: Path
+    shards: Path
+    run_dir: Path
+    metrics: dict
+    preprocessing: object  # a PreprocessConfig (imported in the fixture: nothing heavy before pytest_configure)
+
+
+@pytest.fixture(scope="session")
+def zero3_run_at_100hz(ray_cluster, tmp_path_factory) -> KilledRun:
+    """METS pretrained 6 steps by 2 Ray Train workers under ZeRO-3 on 160 synthetic ECGs prepared at 100 Hz,
+    z-scored and band-passed (nothing like the 500 Hz min-max defaults), validated on task ptbxl-rhythm, rank 1
+    exiting at step 5 once: the run test_pretrain checks for its restart from a checkpoint and test_trained_with
+    for the preprocessing and task its export carries, trained once."""
+    from models.factory import resolve_config
+    from pipelines.data.preprocess import PreprocessConfig
+    from pipelines.data.records import RecordOptions
+    from pipelines.data.sources import SourceOptions
+    from pipelines.prepare import prepare
+    from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.launch import FAULT_ENV, pretrain
+
+    preprocessing = PreprocessConfig(fs=100, seconds=10.0, normalize="zscore", bandpass=(0.5, 40.0))
+    archive, shards = tmp_path_factory.mktemp("archive-100hz"), tmp_path_factory.mktemp("shards-100hz")
+    generate_ptbxl_layout(archive, SyntheticConfig(n=160, seed=11))
+    options = SourceOptions(input=archive, fs=preprocessing.fs, report="raw", source_name="synthetic")
+    prepare("ptbxl", options, str(shards), preprocess=preprocessing, records=RecordOptions(min_report_words=0))
+    run_dir = tmp_path_factory.mktemp("run-100hz") / "run"
+    config = resolve_config("tiny", "mets", {"ecg.n_samples": 1000})
+    train = TrainConfig(
+        workers=2, batch_size=8, warmup_steps=1, progress_every_s=0.0, checkpoints_to_keep=1, zero_stage=3,
+        max_steps=6, validate_every=2, max_failures=1,
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv(FAULT_ENV, "5:1")  # rank 1 exits at step 5, once
+        metrics = pretrain(str(shards), run_dir, config, train, task="ptbxl-rhythm", val_rows=64)
+    return KilledRun(archive, shards, run_dir, metrics, preprocessing)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -38,10 +38,11 @@ WORKER_GROUP_START_TIMEOUT_S = "5"
 """Ray Train's wait for a worker group's placement group (60 s by default; the workers' start-up is not in it):
 after a node is lost, the first restart asks for as many workers as before, and only this timeout sends it down
 to the workers left. Measured 2026-12-07 at 30: node marked dead 13 s after the kill, resized 37 s later."""
-STEPS, BATCH = 240, 8
+STEPS, BATCH = 160, 8
 """Enough steps left after the shrink for the run to grow back before it ends. Measured 2026-12-07 (tiny model,
-random tiny text tower, the node added back at once): one worker trains 0.9 to 2.1 steps/s while the new node
-boots, and the run grew back 43 to 46 s after the shrink, so at one worker it would end 105 to 250 s after it."""
+random tiny text tower, the node added back at once): one worker trains 0.9 to 2.4 steps/s while the new node
+boots, and the run grew back 42 to 46 s after the shrink (at step 16 or 32), at step 56 to 110: at 160, at least
+50 steps (20 s at two workers) are left when it does. Every step after that costs 0.4 s of the suite."""
 TRAINER = {"trainer": 1}
 """What each Ray Train worker needs and each trainer node offers one of: one worker per node (Ray's elastic policy
 counts the workers a node has room for by resources alone, so STRICT_SPREAD cannot express it)."""
@@ -194,11 +195,11 @@ def test_evaluate_and_score_jobs_read_the_export_from_the_bucket(cluster, runtim
     export = f"{run.uri}/export"
     submit(cluster, runtime_env, "evaluate", "pipelines.evaluate", "--model", export, "--data", shards,
            "--output", object_store.uri("eval/mets"), "--no-baselines", "--mode", "zero-shot", "finetune",
-           "--workers", "2", "train.epochs=2", "train.batch_size=32")
+           "--workers", "2", "train.epochs=1", "train.batch_size=32")
     report = Location.of(object_store.uri("eval/mets/report.md")).read_text()
     assert "AUROC" in report
     metrics = Location.of(object_store.uri("eval/mets/metrics.json")).read_json()
-    assert 0 <= metrics["finetune"]["macro_auroc"] <= 1 and metrics["finetune"]["epochs"] in (1, 2), "the best epoch"
+    assert 0 <= metrics["finetune"]["macro_auroc"] <= 1 and metrics["finetune"]["epochs"] == 1
     assert metrics["finetune"]["per_class_auroc"].keys() == metrics["zero_shot"]["per_class_auroc"].keys()
     assert any("eval/mets/finetune/" in key for key in object_store.keys("eval/mets/"))
     submit(cluster, runtime_env, "score", "pipelines.score", "--model", export, "--input", shards,

@@ -3,7 +3,7 @@
 Each fit costs ~30 s here, so each objective and each ZeRO stage is trained once, and each fit asserts every
 promise it can: MELP under ZeRO-2 on the real PTB-XL-500 shards (the session's run, which test_evaluate
 evaluates), C-MELT under ZeRO-2 through the command line (its console read as a person reads it), METS under
-ZeRO-3 with a worker killed mid-run. MELP stage 1, its resubmission and its hand-over to stage 2 run in a
+ZeRO-3 with a worker killed mid-run (the session's run on 100 Hz shards, whose export test_trained_with serves). MELP stage 1, its resubmission and its hand-over to stage 2 run in a
 bucket (tests/test_object_storage.py).
 """
 
@@ -25,13 +25,10 @@ from models.factory import resolve_config
 from models.model import ECGTextModel
 from pipelines.pretrain import main as pretrain_main
 from pipelines.storage import Location
-from pipelines.training.config import TrainConfig
-from pipelines.training.launch import pretrain
 from pipelines.training.n3s_index import INDEX_DIR, attach_run_index, build_run_index
 from pipelines.training.run_directory import RunDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(workers=2, batch_size=8, warmup_steps=1, progress_every_s=0.0, checkpoints_to_keep=1)
 
 
 def check_run(run_dir: Path, metrics: dict, steps: int, objective: str) -> ECGTextModel:
@@ -103,15 +100,13 @@ def test_the_cli_trains_cmelt_under_zero_2_and_its_console_is_readable(synthetic
 
 
 @pytest.mark.slow
-def test_mets_under_zero_3_resumes_from_a_checkpoint_when_a_worker_is_killed(synthetic_shards, tmp_path, monkeypatch):
-    monkeypatch.setenv("ECG_FM_FAULT_AT_STEP", "5:1")  # rank 1 exits at step 5, once
-    train = TrainConfig(**FAST, zero_stage=3, max_steps=6, validate_every=2, max_failures=1)
-    metrics = pretrain(str(synthetic_shards), tmp_path / "run", resolve_config("tiny", "mets"), train, val_rows=64)
-    assert (tmp_path / "run" / "fault-injected").read_text().startswith("rank 1 exited at step 5")
-    check_run(tmp_path / "run", metrics, 6, "mets")
+def test_mets_under_zero_3_resumes_from_a_checkpoint_when_a_worker_is_killed(zero3_run_at_100hz):
+    run = zero3_run_at_100hz
+    assert (run.run_dir / "fault-injected").read_text().startswith("rank 1 exited at step 5")
+    check_run(run.run_dir, run.metrics, 6, "mets")
     # Ray Train registers a checkpoint when its controller next polls the workers; one reported just
     # before the crash (step 4) may not be registered yet, and the run then resumes from step 2.
-    assert metrics["final"]["restored_step"] in (2, 4), "the restarted workers continued from a checkpoint"
+    assert run.metrics["final"]["restored_step"] in (2, 4), "the restarted workers continued from a checkpoint"
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 Serve app, batch scoring and the shards give one raw record the same embedding.
 
 Shards at 100 Hz, z-scored and band-passed (nothing like the 500 Hz min-max defaults) → a short
-pretraining → the same raw WFDB record sent over HTTP, scored from the archive, and read from its
-shard row: equal embeddings within float16 rounding.
+pretraining (the session's `zero3_run_at_100hz`, also test_pretrain's killed-worker run) → the same raw WFDB
+record sent over HTTP, scored from the archive, and read from its shard row: equal embeddings within float16
+rounding.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,50 +22,29 @@ import requests
 from models.factory import create_model, resolve_config
 from models.model import FORMAT_VERSION, ECGTextModel
 from pipelines.data.preprocess import PreprocessConfig
-from pipelines.data.records import RecordOptions
 from pipelines.data.schema import lead_masks_of, signals_of
 from pipelines.data.sources import SourceOptions, list_source
 from pipelines.data.trained_with import TrainedWith
 from pipelines.data.wfdb_io import read_record
-from pipelines.prepare import prepare
 from pipelines.score import score
 from pipelines.serving.scorer import Scorer
-from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
-from pipelines.training.config import TrainConfig
-from pipelines.training.launch import check_run, pretrain
+from pipelines.training.launch import check_run
 from tests.served import served
 
-PREPROCESSING = PreprocessConfig(fs=100, seconds=10.0, normalize="zscore", bandpass=(0.5, 40.0))
+
+@pytest.fixture(scope="module")
+def run(zero3_run_at_100hz) -> Path:
+    return zero3_run_at_100hz.run_dir
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained-with-archive")
-    generate_ptbxl_layout(root, SyntheticConfig(n=160, seed=11))
-    return root
-
-
-@pytest.fixture(scope="module")
-def shards(ray_cluster, archive, tmp_path_factory):
-    output = tmp_path_factory.mktemp("shards-100hz")
-    options = SourceOptions(input=archive, fs=PREPROCESSING.fs, report="raw", source_name="synthetic")
-    prepare("ptbxl", options, str(output), preprocess=PREPROCESSING, records=RecordOptions(min_report_words=0))
-    return output
-
-
-@pytest.fixture(scope="module")
-def run(shards, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run-100hz")
-    config = resolve_config("tiny", "melp", {"ecg.n_samples": 1000})
-    train = TrainConfig(
-        workers=2, batch_size=8, max_steps=4, warmup_steps=1, progress_every_s=0.0, checkpoints_to_keep=1
-    )
-    pretrain(str(shards), run_dir, config, train, task="ptbxl-rhythm", val_rows=32)
-    return run_dir
+def shards(zero3_run_at_100hz) -> Path:
+    return zero3_run_at_100hz.shards
 
 
 @pytest.mark.slow
-def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run):
+def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run, zero3_run_at_100hz):
+    preprocessing = zero3_run_at_100hz.preprocessing
     saved = json.loads((run / "export" / "config.json").read_text())
     assert saved["format_version"] == FORMAT_VERSION
     recorded = saved["trained_with"]
@@ -71,7 +52,7 @@ def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run):
     assert recorded["preprocessing"]["bandpass"] == [0.5, 40.0] and recorded["preprocessing"]["leads"][0] == "I"
     assert recorded["task"] == "ptbxl-rhythm"
     trained_with = TrainedWith.of_model(ECGTextModel.from_pretrained(run / "export"))
-    assert trained_with.preprocessing == PREPROCESSING and trained_with.task == "ptbxl-rhythm"
+    assert trained_with.preprocessing == preprocessing and trained_with.task == "ptbxl-rhythm"
     checkpoints = sorted((run / "train").glob("checkpoint-step*"))
     assert checkpoints and all(
         json.loads((c / "config.json").read_text())["trained_with"] == recorded for c in checkpoints
@@ -79,18 +60,19 @@ def test_the_export_and_every_checkpoint_record_preprocessing_and_task(run):
 
 
 @pytest.mark.slow
-def test_http_archive_scoring_and_the_shard_give_one_embedding(serve_port, run, shards, archive, tmp_path):
+def test_http_archive_scoring_and_the_shard_give_one_embedding(serve_port, run, shards, zero3_run_at_100hz, tmp_path):
     from pipelines.serve import ScoringService
 
+    archive, preprocessing = zero3_run_at_100hz.archive, zero3_run_at_100hz.preprocessing
     export = run / "export"
     scorer = Scorer(export)
-    assert scorer.preprocess_config == PREPROCESSING and scorer.task.name == "ptbxl-rhythm"
+    assert scorer.preprocess_config == preprocessing and scorer.task.name == "ptbxl-rhythm"
 
     shard = pq.read_table(sorted(shards.glob("part-*.parquet"))[0], columns=["ecg_id", "signal", "lead_mask"])
     ecg_id = shard["ecg_id"][0].as_py()  # "synthetic/00001": the archive's record 1
     from_shard = scorer.embed(signals_of(shard)[:1], lead_masks_of(shard)[:1])[0]
 
-    listed = list_source("ptbxl", SourceOptions(input=archive, fs=PREPROCESSING.fs)).records
+    listed = list_source("ptbxl", SourceOptions(input=archive, fs=preprocessing.fs)).records
     record = read_record(listed.loc[listed["ecg_id"].str.endswith(ecg_id.split("/")[1]), "record_path"].iloc[0])
     with served(ScoringService.bind(str(export)), "trained-with"):
         body = {
