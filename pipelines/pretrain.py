@@ -58,7 +58,9 @@ def build_parser(description: str = __doc__, objectives: Sequence[str] | None = 
     parser.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3 (train.zero_stage)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps in all (train.max_steps)")
     parser.add_argument("--epochs", type=int, help="passes over the train split (train.epochs)")
-    parser.add_argument("--val-rows", type=int, default=2000, help="validate on at most this many val rows")
+    parser.add_argument("--val-rows", type=int, default=2000,
+                        help="validate on about this many val rows: the records whose ecg_id hashes lowest, the same "
+                             "ones every epoch and every rerun")
     parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local one)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --output instead of resuming it (only a run directory pretraining made)")

@@ -1,5 +1,6 @@
 """Ingest: shards named by split are listed per split, old mixed shards still read, small splits are held in
-memory, and the memory estimate made before reading is close to what Ray holds after."""
+memory, the memory estimate made before reading is close to what Ray holds after, and a run validates the
+same rows (chosen by the hash of their id) on every read."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,7 +16,8 @@ from pipelines.data.schema import lead_mask_array, signal_array
 from pipelines.data.shard_files import shard_name, split_shards
 from pipelines.data.shard_sink import SHARD_WRITE_OPTIONS, _by_split
 from pipelines.storage import Location
-from pipelines.training.data import TRAIN_COLUMNS, estimated_memory, split_dataset
+from pipelines.training.data import TRAIN_COLUMNS, VAL_COLUMNS, estimated_memory, split_dataset
+from pipelines.training.validation_rows import validation_rows
 
 SPLITS = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
 
@@ -111,3 +114,59 @@ def test_memory_estimate_is_close_to_what_ray_holds(ray_cluster, tmp_path):
     actual = held.materialize().size_bytes()
     assert 0.8 < estimate / actual < 1.25, (estimate, actual)
     assert sorted(held.to_pandas()["report"]) == [f"report {i}" for i in range(6)]
+
+
+def _val_heavy(labels_of=lambda i: ["AFIB"] if i % 2 else ["NORM"]) -> pa.Table:
+    """_rows() with every row in val and two classes among them (AUROC needs positives and negatives)."""
+    table = _rows()
+    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(["val"] * len(SPLITS)))
+    labels = [labels_of(i) for i in range(len(SPLITS))]
+    return table.set_column(table.schema.get_field_index("labels"), "labels", pa.array(labels))
+
+
+def test_validation_rows_are_chosen_by_their_ids_not_by_where_they_lie(tmp_path):
+    table = _val_heavy()
+    reversed_rows = table.take(list(reversed(range(len(SPLITS)))))
+    new, old = _write_new(tmp_path / "new", table), _write_old(tmp_path / "old", reversed_rows)
+    chosen = validation_rows([str(new)], 5)
+    assert len(chosen.ecg_ids) == 5 == len(chosen.labels)
+    assert validation_rows([str(old)], 5) == chosen, "another file layout and row order: the same rows"
+    labels_by_id = dict(zip(table["ecg_id"].to_pylist(), table["labels"].to_pylist()))
+    assert sorted(chosen.labels) == sorted(labels_by_id[ecg_id] for ecg_id in chosen.ecg_ids)
+    assert set(chosen.ecg_ids) < set(validation_rows([str(new)], 8).ecg_ids), "more rows keep the first ones"
+    everything = validation_rows([str(new)], 1000)
+    assert everything.ecg_ids == sorted(table["ecg_id"].to_pylist())
+
+    twice = pa.concat_tables([table, table.slice(0, 6)])  # six records with two rows each
+    (tmp_path / "doubled").mkdir()
+    pq.write_table(twice, tmp_path / "doubled" / shard_name("val", 0, 0))
+    doubled = validation_rows([str(tmp_path / "doubled")], 5)
+    counts = {ecg_id: twice["ecg_id"].to_pylist().count(ecg_id) for ecg_id in doubled.ecg_ids}
+    assert len(doubled.labels) == sum(counts.values()) >= 5, "a record's rows are chosen whole"
+    with pytest.raises(ValueError, match=r"no shard holds rows of the 'val' split"):
+        validation_rows([str(_write_new(tmp_path / "no-val", _rows().filter(pc.field("split") != "val")))], 5)
+
+
+def test_two_validations_of_one_checkpoint_give_the_same_figures(ray_cluster, tmp_path):
+    """The chosen rows are the ones read, the classes scored are counted on them, and a second read of them
+    validates the same batches: the same loss and the same AUROC."""
+    import torch
+
+    from models.factory import create_model
+    from pipelines.labels.tasks import load_task
+    from pipelines.training.validation import validate
+
+    folder = str(_write_new(tmp_path / "shards", _val_heavy()))
+    chosen = validation_rows([folder], 7)
+    torch.manual_seed(0)
+    model = create_model("tiny", objective="mets", overrides={"ecg.n_samples": 500})[0].eval()
+    task = load_task("synthetic")
+    codes = task.present_codes(chosen.labels)
+    assert sorted(codes) == ["AFIB", "NORM"], "both classes among the chosen rows"
+    figures = []
+    for _ in range(2):
+        dataset = split_dataset(folder, "val", [*VAL_COLUMNS, "ecg_id"], ecg_ids=chosen.ecg_ids, cache_fraction=0.0)
+        batches = list(dataset.iter_batches(batch_size=3))
+        assert sorted(ecg_id for batch in batches for ecg_id in batch["ecg_id"]) == chosen.ecg_ids
+        figures.append(validate(model, batches, task, codes, torch.float32, torch.device("cpu")))
+    assert figures[0] == figures[1] and "val_macro_auroc" in figures[0]

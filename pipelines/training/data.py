@@ -21,6 +21,7 @@ import ray
 import ray.data
 import torch
 from ray.data import FileShuffleConfig
+from ray.data.expressions import col
 
 from models.objectives import objective_class
 from pipelines.data.shard_files import SplitShards, split_shards
@@ -51,12 +52,14 @@ def split_dataset(
     columns: Sequence[str] = TRAIN_COLUMNS,
     *,
     shuffle_seed: int | None = None,
+    ecg_ids: Sequence[str] | None = None,
     cache_fraction: float = CACHE_FRACTION,
 ) -> ray.data.Dataset:
     """The rows of one split (train / val / test) of one or more shard folders, with only `columns`; read
     now and held in memory where it fits `cache_fraction` of the object store (Ray must be running).
     `shuffle_seed`: blocks in a seeded random order (held in memory: the same order each epoch; streamed:
-    the files in a new order each epoch, with no barrier before the first block)."""
+    the files in a new order each epoch, with no barrier before the first block). `ecg_ids`: only these
+    records' rows (`pipelines.training.validation_rows`), filtered in the Parquet scan, in file order."""
     folders = [str(shards)] if isinstance(shards, str) else [str(folder) for folder in shards]
     found = split_shards(folders, split)
     if not found.files:
@@ -70,6 +73,9 @@ def split_dataset(
     )
     shuffle = FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None and not cached else None
     dataset = ray.data.read_parquet(found.files, shuffle=shuffle)
+    if ecg_ids is not None:
+        dataset = dataset.filter(expr=col("ecg_id").is_in(list(ecg_ids)))
+        dataset.context.execution_options.preserve_order = True  # one checkpoint validated twice: same batches
     if found.filtered:  # prepared before shard names carried the split: read all, keep this split's rows
         dataset = dataset.select_columns([*columns, "split"]).filter(expr=f"split == '{split}'")
     dataset = dataset.select_columns(list(columns))

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import ray
@@ -40,11 +40,12 @@ from pipelines.storage import Location
 from pipelines.training.checkpoints import export_checkpoint
 from pipelines.training.config import TrainConfig
 from pipelines.training.console import RelayedConsole
-from pipelines.training.data import label_lists, split_dataset, train_columns, val_columns
+from pipelines.training.data import split_dataset, train_columns, val_columns
 from pipelines.training.history import HISTORY_FILE, ReportHistory, read_history
 from pipelines.training.n3s_index import build_run_index
 from pipelines.training.run_directory import RunDirectory
 from pipelines.training.trainer import best_checkpoint, build_trainer, is_number, with_cpus_per_worker
+from pipelines.training.validation_rows import validation_rows
 from pipelines.training.worker import FaultInjection, LoopSpec, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,9 @@ def pretrain(
     objective = model_config.objective.name
     reads_signals = objective_class(objective).reads_signals
     train = split_dataset(data, "train", train_columns(objective), shuffle_seed=train_config.seed)
-    val = split_dataset(data, "val", val_columns(objective)).limit(val_rows)
-    val_labels = list(_labels_of(split_dataset(data, "val", ["labels"]).limit(val_rows)))
+    chosen = validation_rows(data, val_rows)  # the same rows on every read, epoch and rerun
+    val = split_dataset(data, "val", val_columns(objective), ecg_ids=chosen.ecg_ids)
+    val_labels = chosen.labels
     n_train = train.count()
     rows_per_step = train_config.batch_size
     steps_per_epoch = train_config.steps_per_epoch(n_train)
@@ -236,11 +238,6 @@ def _resumable(resolved: dict) -> dict:
         if k not in ("max_steps", "epochs", "progress_every_s", "validate_every", *spread)
     }
     return {"model": resolved["model"], "train": json.loads(json.dumps(train)), "task": resolved.get("task", "synthetic")}
-
-
-def _labels_of(val: ray.data.Dataset) -> Iterable[list[str]]:
-    for batch in val.select_columns(["labels"]).iter_batches(batch_size=1024):
-        yield from label_lists(batch["labels"])
 
 
 def _fault_from_env() -> dict | None:
