@@ -92,7 +92,7 @@ class ECGTextModel(nn.Module):
     def collate(self, signal, lead_mask, reports: Sequence[str]) -> dict[str, torch.Tensor]:
         """One training batch from shard columns: signal [B, 12, T], lead_mask [B, 12], reports."""
         batch = {
-            "signal": torch.as_tensor(np.asarray(signal)),
+            "signal": torch.as_tensor(np.array(signal)),  # a copy: Ray Data hands out read-only arrays
             "lead_mask": torch.as_tensor(np.asarray(lead_mask, dtype=bool)),
         }
         batch.update(self.objective.text_inputs(list(reports), self.text))

@@ -5,6 +5,8 @@ dataset is written beside the old one and swapped in only when complete."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,7 +18,7 @@ from pipelines.prepare import main as prepare_main
 from pipelines.prepare import prepared_before_markers
 from pipelines.pretrain import main as pretrain_main
 from pipelines.training.config import TrainConfig
-from pipelines.training.launch import pretrain
+from pipelines.training.launch import pretrain, run_record
 from tests.archives import write_ptbxl_archive
 
 
@@ -89,6 +91,28 @@ def test_pretrain_checks_its_data_before_it_deletes_a_run(ray_cluster, synthetic
     with pytest.raises(OutputRefused, match="was not made by pretrain"):
         pretrain(str(synthetic_shards), notes, config, TrainConfig(workers=1, batch_size=8), overwrite=True)
     assert_notes_intact(notes)
+
+
+def test_a_run_continues_only_on_the_data_it_was_made_with(synthetic_shards, tmp_path):
+    """Rerun into its directory with another shard folder, or with its folder prepared anew (another manifest), a
+    run is refused before any worker starts, naming `data.<folder>`: its checkpoint would go on with other rows
+    and its export would name only the new data. The same data continues it."""
+    config, train = resolve_config("tiny", "mets"), TrainConfig(workers=1, batch_size=8, progress_every_s=0.0)
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_shards, copy)
+    run = tmp_path / "run"
+    claim_output(run, "pretrain", run_record([str(synthetic_shards)], config, train, "synthetic"))
+    assert check_output(run, "pretrain", run_record([str(synthetic_shards)], config, train, "synthetic")) == "resume"
+
+    with pytest.raises(OutputRefused, match=rf"data\.{re.escape(str(copy))}: \(absent\) there, '[0-9a-f]{{16}}' now"):
+        pretrain(str(copy), run, config, train)
+    run_with_copy = tmp_path / "run-with-copy"
+    claim_output(run_with_copy, "pretrain", run_record([str(copy)], config, train, "synthetic"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "records_in": manifest["records_in"] - 1}))
+    with pytest.raises(OutputRefused, match=rf"data\.{re.escape(str(copy))}: '[0-9a-f]{{16}}' there, '[0-9a-f]{{16}}' now"):
+        pretrain(str(copy), run_with_copy, config, train)
+    assert sorted(path.name for path in run.iterdir()) == [MARKER_FILE], "a refusal writes nothing"
 
 
 def test_prepare_replaces_a_dataset_only_when_the_new_one_is_whole(ray_cluster, tmp_path, restore_logging, capsys):

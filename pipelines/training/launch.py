@@ -20,6 +20,7 @@ the driver's log when training ends (or fails), the export once it is built and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import ray.train
 
 from models.config import ModelConfig
 from models.objectives import objective_class
-from pipelines.data.trained_with import TrainedWith
+from pipelines.data.trained_with import MANIFEST_FILE, TrainedWith
 from pipelines.labels.tasks import Task, load_task
 from pipelines.logs import setup_logging
 from pipelines.outputs import check_output, claim_output
@@ -96,7 +97,7 @@ def pretrain(
     data = [str(data)] if isinstance(data, str | os.PathLike) else [str(folder) for folder in data]
     trained_with, val_task = check_run(data, model_config, task)
     run_dir = Location.of(run_dir)
-    made_with = _resumable(_resolved(model_config, train_config, task))
+    made_with = run_record(data, model_config, train_config, task)
     check_output(run_dir, "pretrain", made_with, overwrite=overwrite, legacy=_legacy_run)  # refused before Ray starts
     if not ray.is_initialized():
         ray.init(address=address)
@@ -118,7 +119,7 @@ def pretrain(
         )
     if len(val_labels) < train_config.workers:
         raise ValueError(f"{', '.join(data)}: the val split has {len(val_labels)} rows; validation needs one per worker at least")
-    _claim_run_dir(run_dir, model_config, train_config, task, overwrite)  # the data checked: now it may delete
+    _claim_run_dir(run_dir, made_with, _resolved(model_config, train_config, task), overwrite)  # data checked: may delete
     run = RunDirectory.open(run_dir, "driver")
     logs = [f"{LOGS_DIR}/{log_file}"] if log_file else []
     run.resume(*logs)  # a resubmitted run appends to its log
@@ -204,14 +205,22 @@ def pretrain(
     return metrics
 
 
-def _claim_run_dir(
-    run_dir: Location, model_config: ModelConfig, train_config: TrainConfig, task: str, overwrite: bool
-) -> None:
+def _claim_run_dir(run_dir: Location, made_with: dict, resolved: dict, overwrite: bool) -> None:
     """Claim the run directory and write the resolved config; one that holds a different run is refused
     (naming the field), not mixed, and one that no pretraining run made is never deleted."""
-    resolved = _resolved(model_config, train_config, task)
-    claim_output(run_dir, "pretrain", _resumable(resolved), overwrite=overwrite, legacy=_legacy_run)
+    claim_output(run_dir, "pretrain", made_with, overwrite=overwrite, legacy=_legacy_run)
     run_dir.child(RUN_CONFIG_FILE).write_json(resolved)
+
+
+def run_record(data: Sequence[str], model_config: ModelConfig, train_config: TrainConfig, task: str) -> dict:
+    """What a run directory's marker records and a rerun must match to continue it: the config (`_resumable`)
+    and the data, as {shard folder: digest of its manifest}: other folders, or the same one prepared anew, are
+    other data, and their rows would continue a checkpoint of the first (refused, naming `data.<folder>`)."""
+    digests = {
+        Location.of(folder).uri: hashlib.sha256(Location.of(folder).child(MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+        for folder in data
+    }
+    return {**_resumable(_resolved(model_config, train_config, task)), "data": digests}
 
 
 def _resolved(model_config: ModelConfig, train_config: TrainConfig, task: str) -> dict:
