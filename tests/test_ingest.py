@@ -116,11 +116,11 @@ def test_memory_estimate_is_close_to_what_ray_holds(ray_cluster, tmp_path):
     assert sorted(held.to_pandas()["report"]) == [f"report {i}" for i in range(6)]
 
 
-def _val_heavy(labels_of=lambda i: ["AFIB"] if i % 2 else ["NORM"]) -> pa.Table:
+def _val_heavy() -> pa.Table:
     """_rows() with every row in val and two classes among them (AUROC needs positives and negatives)."""
     table = _rows()
     table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(["val"] * len(SPLITS)))
-    labels = [labels_of(i) for i in range(len(SPLITS))]
+    labels = [["AFIB"] if i % 2 else ["NORM"] for i in range(len(SPLITS))]
     return table.set_column(table.schema.get_field_index("labels"), "labels", pa.array(labels))
 
 

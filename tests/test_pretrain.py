@@ -3,8 +3,8 @@
 Each fit costs ~30 s here, so each objective and each ZeRO stage is trained once, and each fit asserts every
 promise it can: MELP under ZeRO-2 on the real PTB-XL-500 shards (the session's run, which test_evaluate
 evaluates), C-MELT under ZeRO-2 through the command line (its console read as a person reads it), METS under
-ZeRO-3 with a worker killed mid-run (the session's run on 100 Hz shards, whose export test_trained_with serves). MELP stage 1, its resubmission and its hand-over to stage 2 run in a
-bucket (tests/test_object_storage.py).
+ZeRO-3 with a worker killed mid-run (the session's run on 100 Hz shards, whose export test_trained_with serves).
+MELP stage 1, its resubmission and its hand-over to stage 2 run in a bucket (tests/test_object_storage.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ those very rows, and the Ray dataset reads only them (a filter the Parquet scan 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,9 +44,7 @@ def validation_rows(folders: Sequence[str], rows: int) -> ValidationRows:
         columns=["ecg_id", "labels"], filter=pc.field("split") == "val" if found.filtered else None
     )
     ids = table.column("ecg_id").to_pylist()
-    rows_of: dict[str, int] = {}
-    for ecg_id in ids:
-        rows_of[ecg_id] = rows_of.get(ecg_id, 0) + 1
+    rows_of = Counter(ids)
     chosen, count = set(), 0
     for ecg_id in sorted(rows_of, key=lambda i: (_hash(i), i)):
         if count >= rows:
