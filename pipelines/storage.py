@@ -16,16 +16,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
+from filelock import FileLock
+
+log = logging.getLogger("pipelines.storage")
 
 CACHE_ENV = "ECG_FM_CACHE"
 """Where `cached_copy` keeps downloaded folders (default ~/.cache/ecg-fm)."""
+DOWNLOAD_ATTEMPTS = 3
+STALE_COPY_S = 24 * 3600
+"""A cached copy of an older listing is removed once unused this long (no loader takes a day)."""
 
 
 def is_uri(where: str | os.PathLike) -> bool:
@@ -144,39 +152,61 @@ class Location:
 
 def cached_copy(where: str | os.PathLike) -> Path:
     """A local folder holding what `where` holds: the folder itself when it is local, else a copy in the
-    cache (`$ECG_FM_CACHE`, default ~/.cache/ecg-fm/copies/), downloaded when the remote folder's listing
-    (names, sizes, modification times) differs from the cached copy's, and reused when it is the same.
-    Concurrent callers on one node (Serve replicas, scoring actors) each download into a fresh folder and
-    the last one in wins whole. ValueError when `where` holds no file."""
+    cache (`$ECG_FM_CACHE`, default ~/.cache/ecg-fm/copies/<uri hash>/<listing stamp>/).
+
+    A copy is named by the remote folder's listing (names, sizes, modification times), so a changed folder
+    gets a new copy beside the old one, and a copy is never replaced or deleted under a caller that loads
+    from it (copies of other listings unused for `STALE_COPY_S` are removed). Callers on one node (Serve
+    replicas, scoring actors starting together) take a file lock: one downloads, the others wait and reuse
+    its copy; a download killed half-way leaves a `.download-*` folder that the next holder of the lock
+    removes. A download is kept only if the folder's listing is the same after it as before (else it is
+    repeated), so a copy never mixes two versions of a changed file. ValueError when `where` holds no file."""
     location = Location.of(where)
     if location.is_local:
         return Path(location.path)
+    folder = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ecg-fm") / "copies"
+    folder = folder / hashlib.sha256(location.uri.encode()).hexdigest()[:24]
+    stamp = _listing_stamp(location)
+    if (folder / stamp).is_dir():
+        return _used(folder / stamp)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / ".lock"):
+        for _ in range(DOWNLOAD_ATTEMPTS):
+            if (folder / stamp).is_dir():
+                return _used(folder / stamp)
+            _remove_leftovers(folder, keep=stamp)
+            download = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
+            location.download_to(download)
+            after = _listing_stamp(location)
+            if after != stamp:  # a file changed while it was downloaded: the copy may mix two versions
+                shutil.rmtree(download)
+                stamp = after
+                continue
+            os.replace(download, folder / stamp)
+            log.info("downloaded %s to %s", location.uri, folder / stamp)
+            return folder / stamp
+    raise OSError(f"{location} changed during each of {DOWNLOAD_ATTEMPTS} downloads; try again once it is written")
+
+
+def _listing_stamp(location: Location) -> str:
+    """A name for what `location` holds now: a hash of its files' relative names, sizes and mtimes."""
     files = location.files()
     if not files:
         raise ValueError(f"{location} holds no file (is the URI right, and are the credentials for its store set?)")
     listing = [(i.path.removeprefix(location.path), i.size, i.mtime_ns) for i in files]
-    stamp = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ecg-fm") / "copies"
-    copy = root / hashlib.sha256(location.uri.encode()).hexdigest()[:24]
-    stamp_file = copy / ".listing-sha256"
-    if stamp_file.is_file() and stamp_file.read_text() == stamp:
-        return copy
-    root.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
-    try:
-        location.download_to(fresh)
-        (fresh / stamp_file.name).write_text(stamp)
-        old = Path(tempfile.mkdtemp(prefix=".old-", dir=root))
-        if copy.exists():
-            os.replace(copy, old / "copy")
-        try:
-            os.replace(fresh, copy)
-        except OSError:  # another caller put its whole copy in place between the two renames
-            if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
-                raise
-            shutil.rmtree(fresh, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(fresh, ignore_errors=True)
-        raise
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:24]
+
+
+def _remove_leftovers(folder: Path, keep: str) -> None:
+    """Under the lock: killed downloads, and copies other than `keep` that no one has used for STALE_COPY_S."""
+    for entry in folder.iterdir():
+        if entry.name.startswith(".download-") or (
+            entry.is_dir() and entry.name != keep and time.time() - entry.stat().st_mtime > STALE_COPY_S
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _used(copy: Path) -> Path:
+    """`copy`, marked as used now (its mtime), so `_remove_leftovers` keeps it."""
+    os.utime(copy)
     return copy
