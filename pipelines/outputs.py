@@ -15,8 +15,9 @@ is plain JSON: what a rerun must match to continue the output. Checking a folder
 A command's outputs written before markers existed count as its own when `legacy` recognises them.
 
 The same holds for outputs given as URIs (s3://…, `pipelines.storage`): there a folder is a key prefix,
-"empty" means no key under it, and `--overwrite` deletes the keys under it. Object stores have no rename,
-so `written_beside` is for local folders only; a command writing to a URI writes in place.
+"empty" means no key under it, and `--overwrite` deletes the keys under it (prepare deletes only its
+dataset's own files: `pipelines.prepare`). Object stores have no rename, so `written_beside` is for local
+folders only; a command writing to a URI writes in place.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ SHOWN_DIFFERENCES = 3
 """Differing fields named in a refusal; the rest are counted."""
 
 Action = Literal["new", "resume", "replace"]
-LegacyRecord = Callable[[Path], "dict | None"]
-"""Reads what made a local folder written before markers existed: its `made_with`, or None when the folder
-is not such an output (outputs in object stores are newer than markers)."""
+LegacyRecord = Callable[[Location], "dict | None"]
+"""Reads what made a folder written before markers existed: its `made_with`, or None when the folder is not
+such an output."""
 
 
 class OutputRefused(ValueError):
@@ -138,12 +139,12 @@ def read_marker(path: str | os.PathLike | Location) -> dict | None:
 
 
 def recorded(path: str | os.PathLike | Location, command: str, legacy: LegacyRecord | None = None) -> dict | None:
-    """What made `path` if `command` made it (its marker, or `legacy` for an older local output), else None."""
+    """What made `path` if `command` made it (its marker, or `legacy` for an older output), else None."""
     path = Location.of(path)
     marker = read_marker(path)
     if marker is not None:
         return marker["made_with"] if marker.get("command") == command else None
-    return legacy(Path(path.path)) if legacy is not None and path.is_local else None
+    return legacy(path) if legacy is not None else None
 
 
 def differing_fields(before: dict, now: dict) -> list[str]:

@@ -11,15 +11,18 @@ shards as rows stream out. The output holds `part-*.parquet` (the data contract 
 `pipelines/data/schema.py`), `rejected.parquet` (ecg_id, source, record_path, reason),
 `manifest.json` (counts per split and source, rejection reasons, preprocessing, schema, timing) and
 `made_by.json` (`pipelines.outputs`: this command made the folder). Records in = records kept + records
-rejected, always. A local output is written into a sibling folder and swapped in when complete, so
-`--overwrite` replaces a dataset prepare made (never another folder) only once the new one is whole.
+rejected, always. An output that is not new or empty is refused unless prepare made it and `--overwrite`
+is given (never another folder). A local output is written into a sibling folder and swapped in when
+complete, so the old dataset stays whole until the new one is. A bucket output (s3://…) has no rename: on
+`--overwrite` the earlier dataset's own files (its manifest first, then the shards it lists and its
+rejections; nothing else under the prefix) are deleted and the new one is written in place; readers take
+the shards the manifest lists, and until the new manifest is written they refuse the prefix as unfinished.
 On a cluster the archive must be on storage that every node mounts at the same path.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -36,13 +39,14 @@ from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.records import RecordOptions, prepare_batch
 from pipelines.data.rejection_hint import dominant_rejection_hint
+from pipelines.data.shard_files import MANIFEST_FILE, REJECTED_FILE
 from pipelines.data.shard_sink import ShardSink
 from pipelines.data.sources import SourceOptions, archive_uri_problem, list_source
-from pipelines.data.trained_with import MANIFEST_FILE
 from pipelines.labels.concept_reports import statements_of
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import OutputRefused, check_output, mark, written_beside
 from pipelines.progress import ProgressLine
+from pipelines.storage import Location
 from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
 from pipelines.synthetic.read_task import chunk_table, generate_and_prepare
 
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     output = _output_location(args.output, args.overwrite, parser)
     made_with = {"source": args.source, "input": args.input, "preprocessing": preprocess.to_dict()}
     with _written_in_full(output, made_with) as written:
-        setup_logging(None if "://" in written else Path(written) / "logs" / "prepare.log")
+        setup_logging(Path(written) / "logs" / "prepare.log" if Location.of(written).is_local else None)
         init_ray()
         generated = None  # the ECGs each read task generates, for synthetic data without --raw-dir
         if args.source != "synthetic":
@@ -257,35 +261,48 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _output_location(output: str, overwrite: bool, parser: argparse.ArgumentParser) -> str:
-    """An absolute path that is new, empty or (with --overwrite) a dataset prepare made, or a URI as it
-    is. Nothing is written or deleted here. A URI (s3://…) is written in place, unchecked, as before
-    outputs carried a marker: pyarrow's object stores have no folder rename to swap a dataset with."""
-    if "://" in output:
-        return output
-    path = Path(output).absolute()
+    """`output` as an absolute path or a URI, once checked: new, empty or (with --overwrite) a dataset prepare
+    made. Nothing is written or deleted here."""
+    location = Location.of(output)
     try:
-        check_output(path, "prepare", {}, overwrite=overwrite, resume=False, legacy=prepared_before_markers)
+        check_output(location, "prepare", {}, overwrite=overwrite, resume=False, legacy=prepared_before_markers)
     except OutputRefused as error:
         parser.error(str(error))
-    return str(path)
+    return location.uri
 
 
 @contextmanager
 def _written_in_full(output: str, made_with: dict) -> Iterator[str]:
-    """Where to write the dataset: for a local path a marked sibling folder that replaces `output` only
-    once the block completes (a failed run leaves the old dataset whole); a URI itself."""
-    if "://" in output:
-        yield output
+    """Where to write the dataset: for a local path a marked sibling folder that replaces `output` only once
+    the block completes (a failed run leaves the old dataset whole); for a URI the URI itself, marked, once
+    the dataset an earlier prepare wrote there is deleted (`_delete_dataset`)."""
+    location = Location.of(output)
+    if location.is_local:
+        with written_beside(output) as new:
+            mark(new, "prepare", made_with)
+            yield str(new)
         return
-    with written_beside(output) as new:
-        mark(new, "prepare", made_with)
-        yield str(new)
+    _delete_dataset(location)
+    mark(location, "prepare", made_with)
+    yield output
 
 
-def prepared_before_markers(path: Path) -> dict | None:
+def _delete_dataset(location: Location) -> None:
+    """Delete the dataset a finished prepare wrote into `location`: its manifest first (from then on readers
+    refuse the folder as unfinished), then the shards it lists and its rejections; nothing else."""
+    try:
+        manifest = location.child(MANIFEST_FILE).read_json()
+    except (OSError, ValueError):
+        return  # new, or a prepare that did not finish: readers ignore shards that no manifest lists
+    location.child(MANIFEST_FILE).delete()
+    for name in [entry["file"] for entry in manifest.get("shards", [])] + [REJECTED_FILE]:
+        location.child(name).delete()
+
+
+def prepared_before_markers(location: Location) -> dict | None:
     """A dataset prepared before outputs carried a marker: its manifest lists shards and counts records."""
     try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        manifest = location.child(MANIFEST_FILE).read_json()
     except (OSError, ValueError):
         return None
     return {} if isinstance(manifest, dict) and {"shards", "records_in"} <= manifest.keys() else None

@@ -49,6 +49,7 @@ import ray
 from models.model import export_fingerprint
 from models.report_generation import DraftOptions
 from pipelines.data.records import record_id_of
+from pipelines.data.shard_files import dataset_shards
 from pipelines.data.shard_sink import REJECTED_SCHEMA
 from pipelines.data.sources import SourceOptions, archive_uri_problem, list_source
 from pipelines.data.trained_with import TrainedWith
@@ -97,27 +98,17 @@ class WorkList:
 
 
 def work_units(source_location: Location, source: str, part_size: int) -> WorkList:
-    """The units of prepared shards (a folder or URI; every parquet file under it but `rejected.parquet`)
-    or of an archive on a mounted filesystem."""
+    """The units of prepared shards (a folder or URI: the shards its manifest lists) or of an archive on a
+    mounted filesystem."""
     if source == "shards":
-        shards = [
-            info
-            for info in source_location.files()
-            if info.path.endswith(".parquet") and Path(info.path).name != "rejected.parquet"
-        ]
+        shards = dataset_shards(source_location.uri)
         if not shards:
             raise ValueError(f"{source_location} holds no parquet shards")
-        relative = [info.path.removeprefix(f"{source_location.path}/") for info in shards]
         units = [
-            {
-                "unit": name.removesuffix(".parquet").replace("/", "__"),
-                "shard_path": source_location.child(name).uri,
-                "records": "",
-            }
-            for name in relative
+            {"unit": Location.of(shard.uri).name.removesuffix(".parquet"), "shard_path": shard.uri, "records": ""}
+            for shard in shards
         ]
-        rows = sum(pq.read_metadata(info.path, filesystem=source_location.filesystem).num_rows for info in shards)
-        return WorkList(units, rows, shard_sizes=[info.size for info in shards])
+        return WorkList(units, sum(shard.rows for shard in shards), shard_sizes=[shard.bytes for shard in shards])
     listing = list_source(source, SourceOptions(input=Path(source_location.path)))
     records = listing.records
     units = [

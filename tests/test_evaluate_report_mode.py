@@ -19,13 +19,14 @@ from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig, preprocess
 from pipelines.data.schema import lead_mask_array, shard_schema, signal_array
 from pipelines.data.shard_files import shard_name
-from pipelines.data.trained_with import MANIFEST_FILE, TrainedWith
+from pipelines.data.trained_with import TrainedWith
 from pipelines.data.wfdb_io import Recording
 from pipelines.evaluate import main as evaluate_main
 from pipelines.evaluation.report_drafts import MOST_FREQUENT, NEAREST, score_texts
 from pipelines.labels.mentions import LabelMentions
 from pipelines.labels.tasks import load_task
 from pipelines.synthetic import SyntheticConfig, generate_batch
+from tests.shard_folders import write_manifest
 
 SPLITS = {"train": 40, "test": 16}
 TRAIN_STEPS = 4
@@ -60,9 +61,7 @@ def shards(tmp_path_factory) -> Path:
     for split in SPLITS:
         rows = table.filter(pc.equal(table["split"], split))
         pq.write_table(rows, folder / shard_name(split, 0, 0))
-    manifest = {"preprocessing": TrainedWith(config).to_dict()["preprocessing"]}
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return folder
+    return write_manifest(folder, preprocessing=TrainedWith(config).to_dict()["preprocessing"])
 
 
 def _export(objective: str, shards: Path, directory: Path, steps: int) -> Path:

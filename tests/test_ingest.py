@@ -18,6 +18,7 @@ from pipelines.data.shard_sink import SHARD_WRITE_OPTIONS, _by_split
 from pipelines.storage import Location
 from pipelines.training.data import TRAIN_COLUMNS, VAL_COLUMNS, estimated_memory, split_dataset
 from pipelines.training.validation_rows import validation_rows
+from tests.shard_folders import write_manifest
 
 SPLITS = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
 
@@ -45,7 +46,7 @@ def _write_new(folder: Path, table: pa.Table) -> Path:
         for split, rows in _by_split(half):
             pq.write_table(rows, folder / shard_name(split, task, 0), **SHARD_WRITE_OPTIONS)
     pq.write_table(pa.table({"ecg_id": ["x"], "reason": ["a reason"]}), folder / "rejected.parquet")
-    return folder
+    return write_manifest(folder)
 
 
 def _write_old(folder: Path, table: pa.Table) -> Path:
@@ -54,7 +55,7 @@ def _write_old(folder: Path, table: pa.Table) -> Path:
     for task, start in enumerate((0, 4, 8)):
         pq.write_table(table.slice(start, 4), folder / f"part-{task:05d}-000.parquet", **SHARD_WRITE_OPTIONS)
     pq.write_table(pa.table({"ecg_id": ["x"], "reason": ["a reason"]}), folder / "rejected.parquet")
-    return folder
+    return write_manifest(folder)
 
 
 def test_split_named_shards_list_only_their_split(tmp_path):
@@ -140,7 +141,7 @@ def test_validation_rows_are_chosen_by_their_ids_not_by_where_they_lie(tmp_path)
     twice = pa.concat_tables([table, table.slice(0, 6)])  # six records with two rows each
     (tmp_path / "doubled").mkdir()
     pq.write_table(twice, tmp_path / "doubled" / shard_name("val", 0, 0))
-    doubled = validation_rows([str(tmp_path / "doubled")], 5)
+    doubled = validation_rows([str(write_manifest(tmp_path / "doubled"))], 5)
     counts = {ecg_id: twice["ecg_id"].to_pylist().count(ecg_id) for ecg_id in doubled.ecg_ids}
     assert len(doubled.labels) == sum(counts.values()) >= 5, "a record's rows are chosen whole"
     with pytest.raises(ValueError, match=r"no shard holds rows of the 'val' split"):

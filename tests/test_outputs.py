@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from models.factory import resolve_config
+from pipelines.data.shard_files import split_shards
 from pipelines.outputs import MARKER_FILE, OutputRefused, check_output, claim_output
 from pipelines.prepare import main as prepare_main
 from pipelines.prepare import prepared_before_markers
 from pipelines.pretrain import main as pretrain_main
+from pipelines.storage import Location
 from pipelines.training.config import TrainConfig
 from pipelines.training.launch import pretrain, run_record
 from tests.archives import write_ptbxl_archive
@@ -156,3 +159,40 @@ def test_a_dataset_prepared_before_markers_counts_as_prepares_own(tmp_path):
     (stray / "manifest.json").write_text('{"name": "an extension"}')
     with pytest.raises(OutputRefused):
         check_output(stray, "prepare", {}, resume=False, overwrite=True, legacy=prepared_before_markers)
+
+
+def test_a_bucket_dataset_is_refused_replaced_by_its_own_files_and_read_by_its_manifest(
+    ray_cluster, object_store, tmp_path, restore_logging, capsys
+):
+    archive = write_ptbxl_archive(tmp_path / "archive", [{"ecg_id": i, "report": "sinus rhythm normal ecg"} for i in range(1, 13)])
+    output = object_store.uri("shards")
+    arguments = ["--source", "ptbxl", "--input", str(archive), "--output", output, "--min-report-words", "0",
+                 "--batch-size", "2", "--rows-per-shard", "2"]  # fmt: skip
+    first = prepare_main(arguments)
+    assert Location.of(output).child(MARKER_FILE).read_json()["command"] == "prepare"
+    with pytest.raises(SystemExit):
+        prepare_main(arguments)  # a rerun without --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+    object_store.client().put_object(Bucket=object_store.bucket, Key="shards/NOTES.txt", Body=b"the user's")
+
+    second = prepare_main([*arguments, "--limit", "4", "--overwrite"])  # fewer records: fewer shards
+    assert second["records_in"] == 4 < first["records_in"] and len(second["shards"]) < len(first["shards"])
+    listed = sorted(f"shards/{entry['file']}" for entry in second["shards"])
+    own = ["shards/NOTES.txt", "shards/made_by.json", "shards/manifest.json", "shards/rejected.parquet"]
+    assert object_store.keys("shards/") == sorted(listed + own), "the first run's files are gone, nothing else"
+
+    leftover = Location.of(output).child("part-train-00099-000.parquet")  # as a prepare killed half-way leaves
+    leftover.write_bytes(Location.of(f"s3://{object_store.bucket}/{listed[0]}").read_bytes())
+    read = [file for split in ("train", "val", "test") for file in split_shards([output], split).files]
+    assert sorted(read) == [f"s3://{object_store.bucket}/{key}" for key in listed], "the manifest's shards, no other"
+    assert ray.data.read_parquet(read).count() == second["rows"] == 4
+
+    Location.of(output).child("manifest.json").delete()  # a prepare killed before its manifest
+    with pytest.raises(ValueError, match=f"{output} holds shards but no manifest.json: a prepare into it did not finish"):
+        split_shards([output], "train")
+
+    notes = object_store.uri("notes")
+    Location.of(notes).child("todo.txt").write_text("keep me")
+    with pytest.raises(SystemExit):
+        prepare_main([*arguments[:5], notes, *arguments[6:], "--overwrite"])
+    assert "was not made by prepare" in capsys.readouterr().err and object_store.keys("notes/") == ["notes/todo.txt"]

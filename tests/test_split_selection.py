@@ -12,6 +12,7 @@ from pipelines.data.splits import SPLITS, selected_splits
 from pipelines.evaluate import main as evaluate_main
 from pipelines.evaluation.predict import split_reports
 from pipelines.evaluation.suite import check_split
+from tests.shard_folders import write_manifest
 
 
 def test_a_selection_names_one_split_several_or_all():
@@ -26,6 +27,7 @@ def test_split_reports_read_the_rows_of_every_selected_split(tmp_path):
     splits = ["train", "val", "test", "test", "train"]
     table = pa.table({"report": [f"report {i}" for i in range(5)], "split": splits, "x": np.arange(5)})
     pq.write_table(table, tmp_path / "part-00000.parquet")
+    write_manifest(tmp_path)
     assert split_reports(str(tmp_path), "test") == ["report 2", "report 3"]
     assert split_reports(str(tmp_path), "val,test") == ["report 1", "report 2", "report 3"]
     assert split_reports(str(tmp_path), "all") == [f"report {i}" for i in range(5)]

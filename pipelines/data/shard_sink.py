@@ -24,7 +24,7 @@ from ray.data.datasource.datasink import WriteResult
 
 from pipelines.data.records import record_id_of
 from pipelines.data.schema import shard_schema
-from pipelines.data.shard_files import SPLIT_NAME, shard_name
+from pipelines.data.shard_files import MANIFEST_FILE, REJECTED_FILE, SPLIT_NAME, shard_name
 from pipelines.data.sources import REJECTED_COLUMNS
 from pipelines.storage import Location
 
@@ -96,7 +96,7 @@ class ShardSink(Datasink[dict]):
             [pa.Table.from_pylist(self.listing_rejected, schema=REJECTED_SCHEMA)]
             + [r["rejected"] for r in returns]
         ).sort_by("ecg_id")
-        pq.write_table(rejected, root.child("rejected.parquet").path, filesystem=root.filesystem)
+        pq.write_table(rejected, root.child(REJECTED_FILE).path, filesystem=root.filesystem)
         rows = sum((Counter(r["rows_by_split_source"]) for r in returns), Counter())
         shards = sorted((s for r in returns for s in r["shards"]), key=lambda s: s["file"])
         records_kept = sum(r["records_kept"] for r in returns)
@@ -117,7 +117,7 @@ class ShardSink(Datasink[dict]):
             "elapsed_seconds": round(elapsed, 2),
             "records_per_second": round(self.records_in / elapsed, 1) if elapsed > 0 else None,
         }
-        root.child("manifest.json").write_json(self.manifest)
+        root.child(MANIFEST_FILE).write_json(self.manifest)
 
 
 def _write_return(kept: pa.Table, rejected: pa.Table, shards: list[dict]) -> dict:

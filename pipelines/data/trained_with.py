@@ -18,11 +18,10 @@ from dataclasses import dataclass, fields
 from models.model import read_saved_config
 from pipelines.data.leads import STANDARD_LEADS
 from pipelines.data.preprocess import PreprocessConfig
-from pipelines.storage import Location
+from pipelines.data.shard_files import MANIFEST_FILE, read_manifest
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
 SIGNAL_FIELDS = ("fs", "seconds", "normalize", "bandpass", "leads")
 """What makes two datasets' signals the same kind of input; the other preprocessing fields are the rules
 for rejecting and repairing records."""
@@ -105,20 +104,6 @@ class TrainedWith:
                     f"{folder} was prepared with preprocessing.{name} {found[name]!r}, but the model was trained on "
                     f"{expected[name]!r}; prepare the data as the model's training data was"
                 )
-
-
-def read_manifest(folder: str) -> dict:
-    """`manifest.json` of a prepared dataset (a local folder or a pyarrow URI such as s3://…)."""
-    location = Location.of(folder).child(MANIFEST_FILE)
-    try:
-        manifest = location.read_json()
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"{folder} has no readable {MANIFEST_FILE} ({error}): is it a folder that pipelines.prepare wrote?"
-        ) from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("preprocessing"), dict):
-        raise ValueError(f"{location} records no preprocessing: is it a folder that pipelines.prepare wrote?")
-    return manifest
 
 
 def _signal_fields(manifest: dict) -> dict:

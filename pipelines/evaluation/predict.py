@@ -14,7 +14,9 @@ import pyarrow.dataset
 import torch
 
 from pipelines.data.schema import lead_masks_of, signals_of
+from pipelines.data.shard_files import dataset_shards
 from pipelines.data.splits import selected_splits
+from pipelines.storage import Location
 
 BATCH_SIZE = 64
 
@@ -39,9 +41,12 @@ def predict_split(
 
 def split_tables(data: str, split: str, columns: list[str], batch_size: int = BATCH_SIZE) -> Iterator[pyarrow.Table]:
     """The `columns` of the rows of `split` ("test", "val,test" or "all"), in non-empty tables of at most
-    `batch_size` rows, in shard order."""
-    dataset = pyarrow.dataset.dataset(data, format="parquet", exclude_invalid_files=True)
-    chosen = pyarrow.dataset.field("split").isin(list(selected_splits(split)))
+    `batch_size` rows, in shard order (the shards `data`'s manifest lists)."""
+    splits = selected_splits(split)
+    files = [shard.uri for shard in dataset_shards(data) if shard.split is None or shard.split in splits]
+    filesystem = Location.of(data).filesystem
+    dataset = pyarrow.dataset.dataset([Location.of(file).path for file in files], format="parquet", filesystem=filesystem)
+    chosen = pyarrow.dataset.field("split").isin(list(splits))
     scanner = dataset.scanner(columns=columns, filter=chosen, batch_size=batch_size)
     for batch in scanner.to_batches():
         if batch.num_rows:

@@ -33,7 +33,8 @@ import ray.train
 
 from models.config import ModelConfig
 from models.objectives import objective_class
-from pipelines.data.trained_with import MANIFEST_FILE, TrainedWith
+from pipelines.data.shard_files import MANIFEST_FILE
+from pipelines.data.trained_with import TrainedWith
 from pipelines.labels.tasks import Task, load_task
 from pipelines.logs import setup_logging
 from pipelines.outputs import check_output, claim_output
@@ -228,10 +229,10 @@ def _resolved(model_config: ModelConfig, train_config: TrainConfig, task: str) -
     return {"model": model_config.to_dict(), "train": train_config.to_dict(), "task": task}
 
 
-def _legacy_run(run_dir: Path) -> dict | None:
+def _legacy_run(run_dir: Location) -> dict | None:
     """A run directory from before run directories carried a marker: its config.json, as `_resumable`."""
     try:
-        resolved = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
+        resolved = run_dir.child(RUN_CONFIG_FILE).read_json()
     except (OSError, ValueError):
         return None
     return _resumable(resolved) if isinstance(resolved, dict) and {"model", "train"} <= resolved.keys() else None
