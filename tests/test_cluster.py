@@ -174,8 +174,9 @@ def test_pretraining_runs_one_zero2_worker_per_node_with_everything_in_the_bucke
     assert re.search(r"^val_macro_auroc\s+\d\.\d{4}$", run.log, re.MULTILINE)
 
 
-def test_an_elastic_run_loses_a_node_goes_on_grows_back_and_ends_at_the_planned_samples(run):
-    """It ends at its planned samples, and metrics.json and the progress lines record both resizes."""
+def test_an_elastic_run_loses_a_node_goes_on_grows_back_and_ends_at_the_planned_samples(run, object_store):
+    """It ends at its planned samples, and metrics.json and the progress lines record both resizes; each start
+    of the loop wrote its checkpoints into folders of its own, each holding the shards of its own world size."""
     metrics = Location.of(run.uri).child("metrics.json").read_json()
     assert metrics["samples"] == metrics["planned_samples"] == STEPS * BATCH and metrics["final"]["step"] == STEPS
     resize_lines = [line for line in run.log.splitlines() if "pretrain: resized" in line or "pretrain: epoch" in line]
@@ -188,6 +189,14 @@ def test_an_elastic_run_loses_a_node_goes_on_grows_back_and_ends_at_the_planned_
     assert f"pretrain: resized 2 → 1 workers at step {lost} (worker or node lost)" in run.log
     sizes = [report["world_size"] for report in metrics["history"]]
     assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2
+    reports = {report["checkpoint"]: report for report in metrics["history"]}
+    assert len(reports) == len(metrics["history"]), "no attempt reported into another attempt's folder"
+    attempts = list(dict.fromkeys(name.rsplit("-", 1)[1] for name in reports))
+    assert len(attempts) >= 3, list(reports)  # two workers, one after the loss, two again
+    keys = object_store.keys("runs/elastic/train/")
+    for name, report in reports.items():
+        shards = [key for key in keys if f"/{name}/" in key and key.endswith("optim_states.pt")]
+        assert not shards or len(shards) == report["world_size"], (name, shards)  # kept checkpoints are whole
 
 
 def test_evaluate_and_score_jobs_read_the_export_from_the_bucket(cluster, runtime_env, object_store, shards, run):

@@ -79,7 +79,7 @@ def test_stage_one_lives_in_the_bucket_resumes_from_it_and_hands_its_encoder_to_
     assert "logs/worker-1.log" in names
     assert {"export/config.json", "export/model.safetensors", "export/text-encoder/config.json"} <= names
     assert any(name.startswith("tensorboard/events.") for name in names), "rank 0's TensorBoard files"
-    assert any(name.startswith("train/checkpoint-step00000002/") for name in names), "Ray Train's checkpoint"
+    assert any(name.startswith("train/checkpoint-step00000002-") for name in names), "Ray Train's checkpoint"
     run = Location.of(run_uri)
     metrics = (run / "metrics.json").read_json()
     assert metrics["final"]["step"] == 2 and metrics["export_max_abs_diff"] < 1e-5

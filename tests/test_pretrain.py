@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -25,6 +27,7 @@ from models.factory import resolve_config
 from models.model import ECGTextModel
 from pipelines.pretrain import main as pretrain_main
 from pipelines.storage import Location
+from pipelines.training.checkpoints import TAG, written_by
 from pipelines.training.n3s_index import INDEX_DIR, attach_run_index, build_run_index
 from pipelines.training.run_directory import RunDirectory
 
@@ -107,6 +110,21 @@ def test_mets_under_zero_3_resumes_from_a_checkpoint_when_a_worker_is_killed(zer
     # Ray Train registers a checkpoint when its controller next polls the workers; one reported just
     # before the crash (step 4) may not be registered yet, and the run then resumes from step 2.
     assert run.metrics["final"]["restored_step"] in (2, 4), "the restarted workers continued from a checkpoint"
+    # Each start of the loop names its checkpoints: a restart from step 2 reports step 4 again, into a folder of its own.
+    folders = [report["checkpoint"] for report in run.metrics["history"]]
+    attempts = [re.fullmatch(r"checkpoint-step\d{8}-([0-9a-f]{8})", folder)[1] for folder in folders]
+    assert len(set(folders)) == len(folders) and len(set(attempts)) == 2, folders
+    for folder in (run.run_dir / "train").glob("checkpoint-step*"):
+        assert written_by(folder) == (2, 3) and len(list((folder / TAG).glob("*optim_states.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_the_world_size_of_a_checkpoint_is_its_own_record_not_its_files(zero3_run_at_100hz, tmp_path):
+    """A folder that also holds a shard another attempt left (three workers' rank 2) was still written by two."""
+    final = sorted((zero3_run_at_100hz.run_dir / "train").glob("checkpoint-step*"))[-1]
+    folder = shutil.copytree(final, tmp_path / final.name)
+    shutil.copy(folder / TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt", folder / TAG / "zero_pp_rank_2_mp_rank_00_optim_states.pt")
+    assert written_by(folder) == (2, 3)
 
 
 @pytest.mark.parametrize(

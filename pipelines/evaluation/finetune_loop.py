@@ -9,7 +9,7 @@ restarted worker resumes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -21,7 +21,7 @@ from models.classifier import ECGClassifier
 from pipelines.labels.metrics import auroc_per_class, macro_auroc
 from pipelines.labels.tasks import Task
 from pipelines.storage import cached_copy
-from pipelines.training.checkpoints import TrainingState, report_with_checkpoint, restore_latest
+from pipelines.training.checkpoints import report_with_checkpoint, restore_latest
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import label_lists
 from pipelines.training.engine import DTYPES, initialize_engine, resolve_precision
@@ -122,4 +122,4 @@ def finetune_loop_per_worker(loop_config: dict) -> None:
                 f"finetune: epoch {epoch} step {step}/{spec.total_steps} · train_bce_loss {metrics['train_bce_loss']:.4f}"
                 f" · val_bce_loss {metrics['val_bce_loss']:.4f} · val_macro_auroc {metrics['val_macro_auroc']:.4f}"
             )
-        report_with_checkpoint(engine, metrics, TrainingState(step=step, epoch=epoch))
+        report_with_checkpoint(engine, metrics, replace(state, step=step, epoch=epoch))

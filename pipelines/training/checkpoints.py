@@ -1,12 +1,17 @@
 """DeepSpeed checkpoints as Ray Train checkpoints, and their export to a plain `save_pretrained` folder.
 
-    report_with_checkpoint(engine, metrics, TrainingState(step=120, epoch=1))   # on every rank
     state = restore_latest(engine)                                               # on every rank, at start
+    report_with_checkpoint(engine, metrics, replace(state, step=120, epoch=1))   # on every rank
     state = state.resized(world_size)                                            # records a change of size
     export_checkpoint(best_checkpoint, model_config, "runs/x/export")           # on the driver
 
 Each rank writes its own ZeRO shards into a local folder, all ranks meet at a barrier, then every
-rank reports; Ray Train gathers the folders into one checkpoint directory under the run's storage.
+rank reports; Ray Train gathers the folders into one checkpoint directory under the run's storage, named
+`checkpoint-step{step}-{attempt}`. The attempt is each start of the training loop (a restart after a
+failure, a resize, a resubmission): a restarted attempt may report a step again (the earlier attempt's
+folder of that step was partly uploaded but never registered), and must not write into that folder.
+How many ranks wrote a folder is read from DeepSpeed's own record in it (`written_by`), never from the
+shard files that lie there.
 
 A checkpoint written at another world size (an elastic run that lost or regained workers) is converted
 to DeepSpeed's universal checkpoint (`deepspeed.checkpoint.ds_to_universal`: one folder per parameter
@@ -28,6 +33,7 @@ import logging
 import pickle
 import re
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -61,6 +67,8 @@ class TrainingState:
     """Workers that wrote the checkpoint (0: none yet, or a checkpoint from before elastic runs)."""
     resizes: tuple[dict, ...] = ()
     """Every change of world size so far, oldest first: {"step", "old_world_size", "new_world_size", "why"}."""
+    attempt: str = ""
+    """The start of the training loop that holds this state (`new_attempt`); its checkpoints carry the name."""
 
     def resized(self, world_size: int) -> TrainingState:
         """This state going on at `world_size` workers, with a resize record when the checkpoint was written at
@@ -77,7 +85,9 @@ def report_with_checkpoint(
     engine, metrics: dict, state: TrainingState, add_files: Callable[[str], None] | None = None
 ) -> None:
     """Save this rank's DeepSpeed state (and whatever `add_files` writes into the folder), wait for every
-    rank, report metrics + checkpoint to Ray Train."""
+    rank, report metrics + checkpoint to Ray Train, named by the state's step and attempt."""
+    if not state.attempt:
+        raise ValueError("a checkpoint is named by its attempt: take the state from restore_latest")
     with tempfile.TemporaryDirectory(prefix="ecg-fm-checkpoint-") as directory:
         engine.save_checkpoint(directory, tag=TAG, client_state={"training_state": asdict(state)})
         if add_files is not None:
@@ -87,18 +97,27 @@ def report_with_checkpoint(
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_dir_name=f"checkpoint-step{state.step:08d}",
+            checkpoint_dir_name=f"checkpoint-step{state.step:08d}-{state.attempt}",
         )
 
 
 def restore_latest(engine) -> TrainingState:
     """Load the latest checkpoint Ray Train holds for this run (after a worker failure or when a run is
-    resubmitted into the same run directory), at whatever world size wrote it; a fresh state when there is none."""
+    resubmitted into the same run directory), at whatever world size wrote it; a fresh state when there is
+    none. Either way the state belongs to a new attempt."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return TrainingState()
+        return TrainingState(attempt=new_attempt())
     with checkpoint.as_directory() as directory:
-        return load_training_state(engine, directory)
+        return replace(load_training_state(engine, directory), attempt=new_attempt())
+
+
+def new_attempt() -> str:
+    """A new name for this start of the training loop, the same on every rank (rank 0's, broadcast)."""
+    name = [uuid.uuid4().hex[:8]]
+    if dist.is_initialized():
+        dist.broadcast_object_list(name, src=0)
+    return name[0]
 
 
 def load_training_state(engine, directory: str | Path) -> TrainingState:
@@ -106,8 +125,8 @@ def load_training_state(engine, directory: str | Path) -> TrainingState:
     ZeRO optimizer shards were written by another number of ranks than the engine's is loaded through a
     universal checkpoint (`to_universal`, scanned in turn). Returns the state as saved."""
     scan_checkpoint(directory)
-    shards = len(list((Path(directory) / TAG).glob("*optim_states.pt")))
-    if shards in (0, dist.get_world_size()):  # ZeRO-0 keeps one unpartitioned optimizer state
+    world_size, zero_stage = written_by(directory)
+    if zero_stage == 0 or world_size == dist.get_world_size():  # ZeRO-0 keeps one unpartitioned optimizer state
         _, client_state = engine.load_checkpoint(str(directory), tag=TAG)
     else:
         with tempfile.TemporaryDirectory(prefix="ecg-fm-universal-") as universal:
@@ -115,6 +134,14 @@ def load_training_state(engine, directory: str | Path) -> TrainingState:
             scan_checkpoint(universal)
             client_state = _load_universal(engine, universal)
     return TrainingState(**client_state["training_state"])
+
+
+def written_by(directory: str | Path) -> tuple[int, int]:
+    """(world size, ZeRO stage) of the ranks that wrote a checkpoint folder, from DeepSpeed's record in rank 0's
+    model states (`dp_world_size`, `ds_config`), not from the shard files that lie in the folder."""
+    states = Path(directory) / TAG / "mp_rank_00_model_states.pt"  # ZeRO 0-2; ZeRO-3 keeps one per rank
+    record = load_restricted(states if states.is_file() else states.with_name(f"zero_pp_rank_0_{states.name}"))
+    return int(record["dp_world_size"]), int(record.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
 
 
 def to_universal(directory: str | Path, output: str | Path) -> None:
@@ -222,11 +249,9 @@ def _printing_to_log() -> Iterator[None]:
 def _consolidate(directory: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    model_states = directory / TAG / "mp_rank_00_model_states.pt"
-    if model_states.is_file():
-        saved = load_restricted(model_states)
-        if saved.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) == 0:
-            return {name: tensor.float() for name, tensor in saved["module"].items()}
+    if written_by(directory)[1] == 0:
+        saved = load_restricted(directory / TAG / "mp_rank_00_model_states.pt")
+        return {name: tensor.float() for name, tensor in saved["module"].items()}
     return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG)
 
 

@@ -5,7 +5,7 @@
 Run directory layout (a local path, a mount every node shares, or a URI such as s3://bucket/runs/x):
     made_by.json      what made it (`pipelines.outputs`)
     config.json       resolved model + training config and label task (a rerun must match it)
-    train/            Ray Train's storage: checkpoint-step*/ (DeepSpeed shards of every rank), state
+    train/            Ray Train's storage: checkpoint-step{N}-{attempt}/ (DeepSpeed shards of every rank), state
     tensorboard/      scalars from rank 0
     export/           the best checkpoint, consolidated: config.json, model.safetensors, tokenizer/
                       (+ text-encoder/, a Hugging Face folder, after a MELP stage-1 run)
