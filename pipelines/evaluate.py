@@ -42,6 +42,7 @@ from pipelines.evaluation.report import write_report
 from pipelines.evaluation.suite import MODES, check_split, evaluate_export
 from pipelines.labels.tasks import TASK_NAMES, load_task
 from pipelines.logs import init_ray, setup_logging
+from pipelines.outputs import OutputRefused, add_shared_mount_argument, refuse_node_local
 from pipelines.storage import Location
 from pipelines.training.overrides import parse_overrides
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, help="Ray Train workers for finetune")
     parser.add_argument("--address", help="Ray cluster address for finetune (default: local)")
+    add_shared_mount_argument(parser)  # finetune's Ray Train checkpoints are written under --output
     parser.add_argument("overrides", nargs="*", metavar="train.field=value", help="fine-tuning config overrides")
     return parser
 
@@ -100,10 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     output = Location.of(args.output)
+    if "finetune" in args.mode:
+        init_ray(args.address)
+        try:
+            refuse_node_local(output, shared_mount=args.shared_mount)
+        except OutputRefused as error:
+            parser.error(str(error))
     with _written_locally(output) as local:
         setup_logging(local / "logs" / "evaluate.log")
-        if "finetune" in args.mode:
-            init_ray(args.address)
         try:
             results, curves = evaluate_export(
                 args.model,

@@ -14,6 +14,11 @@ is plain JSON: what a rerun must match to continue the output. Checking a folder
   refused with or without `overwrite`, and nothing in it is touched.
 A command's outputs written before markers existed count as its own when `legacy` recognises them.
 
+On a Ray cluster of more than one node a plain path names a folder on each node's own disk: the tasks
+that write shards, checkpoints, trial results or score parts run on any node, and what the driver records
+would list files it does not hold. `refuse_node_local` refuses such an output unless it is declared a
+shared mount (`--shared-mount`, added to a command by `add_shared_mount_argument`).
+
 The same holds for outputs given as URIs (s3://…, `pipelines.storage`): there a folder is a key prefix,
 "empty" means no key under it, and `--overwrite` deletes the keys under it (prepare deletes only its
 dataset's own files: `pipelines.prepare`). Object stores have no rename, so `written_beside` is for local
@@ -22,6 +27,7 @@ folders only; a command writing to a URI writes in place.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -177,3 +183,31 @@ def _short(flat: dict, name: str, limit: int = 80) -> str:
 def _plain(record: dict) -> dict:
     """As it reads back from JSON (tuples become lists), so a record compares equal to its saved self."""
     return json.loads(json.dumps(record, sort_keys=True, default=str))
+
+
+SHARED_MOUNT_FLAG = "--shared-mount"
+
+
+def add_shared_mount_argument(parser: argparse.ArgumentParser) -> None:
+    """The flag that declares a plain --output path to be on storage every node mounts."""
+    parser.add_argument(
+        SHARED_MOUNT_FLAG, action="store_true",
+        help="--output is a path on storage every node of the Ray cluster mounts at that path (NFS, a cluster "
+             "filesystem); without it a plain path is refused on a cluster of more than one node (use s3://…)",
+    )  # fmt: skip
+
+
+def refuse_node_local(path: str | os.PathLike, option: str = "--output", shared_mount: bool = False) -> None:
+    """OutputRefused when `path` is a plain path, Ray's cluster (connected to) has more than one node alive,
+    and the path is not declared a shared mount; the refusal names the option and the flag."""
+    import ray
+
+    if shared_mount or not Location.of(path).is_local:
+        return
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes > 1:
+        raise OutputRefused(
+            f"{option} {path} is a path on each node's own disk, and the Ray cluster has {nodes} nodes: what tasks "
+            f"write on other nodes would not be in it. Use a bucket URI (s3://…), or pass {SHARED_MOUNT_FLAG} if "
+            "every node mounts that path on shared storage"
+        )

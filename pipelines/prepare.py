@@ -44,7 +44,14 @@ from pipelines.data.shard_sink import ShardSink
 from pipelines.data.sources import SourceOptions, archive_uri_problem, list_source
 from pipelines.labels.concept_reports import statements_of
 from pipelines.logs import init_ray, setup_logging
-from pipelines.outputs import OutputRefused, check_output, mark, written_beside
+from pipelines.outputs import (
+    OutputRefused,
+    add_shared_mount_argument,
+    check_output,
+    mark,
+    refuse_node_local,
+    written_beside,
+)
 from pipelines.progress import ProgressLine
 from pipelines.storage import Location
 from pipelines.synthetic import SyntheticConfig, generate_ptbxl_layout
@@ -195,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset prepare made in --output (written beside it, swapped in when complete; "
                              "any other folder is refused)")
+    add_shared_mount_argument(parser)
     return parser
 
 
@@ -226,10 +234,14 @@ def main(argv: list[str] | None = None) -> dict:
     elif not Path(args.input).is_dir():
         parser.error(f"--input {args.input} is not a directory")
     output = _output_location(args.output, args.overwrite, parser)
+    init_ray()
+    try:
+        refuse_node_local(output, shared_mount=args.shared_mount)
+    except OutputRefused as error:
+        parser.error(str(error))
     made_with = {"source": args.source, "input": args.input, "preprocessing": preprocess.to_dict()}
     with _written_in_full(output, made_with) as written:
         setup_logging(Path(written) / "logs" / "prepare.log" if Location.of(written).is_local else None)
-        init_ray()
         generated = None  # the ECGs each read task generates, for synthetic data without --raw-dir
         if args.source != "synthetic":
             input_dir = Path(args.input).absolute()

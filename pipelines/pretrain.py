@@ -29,6 +29,7 @@ from models.config import ModelConfig, available_configs
 from models.factory import resolve_config
 from models.objectives import objective_names
 from pipelines.logs import init_ray, setup_logging
+from pipelines.outputs import add_shared_mount_argument, refuse_node_local
 from pipelines.training.config import TrainConfig
 from pipelines.training.launch import check_run, pretrain
 from pipelines.training.overrides import parse_overrides
@@ -64,6 +65,7 @@ def build_parser(description: str = __doc__, objectives: Sequence[str] | None = 
     parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local one)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --output instead of resuming it (only a run directory pretraining made)")
+    add_shared_mount_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
     return parser
 
@@ -94,6 +96,7 @@ def run(
     setup_logging()
     init_ray(args.address)
     try:
+        refuse_node_local(args.output, shared_mount=args.shared_mount)
         return pretrain(
             args.data,
             args.output,

@@ -55,7 +55,7 @@ from pipelines.data.sources import SourceOptions, archive_uri_problem, list_sour
 from pipelines.data.trained_with import TrainedWith
 from pipelines.labels.tasks import load_task
 from pipelines.logs import init_ray, setup_logging
-from pipelines.outputs import claim_output
+from pipelines.outputs import add_shared_mount_argument, claim_output, refuse_node_local
 from pipelines.search import INDEX_DIR, build_index
 from pipelines.serving.batch import (
     REJECTED_DIR,
@@ -289,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="replace an output this command made before (one made differently is refused without it)",
     )
+    add_shared_mount_argument(parser)
     args = parser.parse_args(argv)
     if args.source != "shards" and (problem := archive_uri_problem(args.input)):
         parser.error(problem)
@@ -316,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     init_ray(args.address)
     try:
+        refuse_node_local(args.output, shared_mount=args.shared_mount)
         summary = score(
             args.model,
             args.input,

@@ -35,7 +35,7 @@ from models.config import available_configs
 from models.factory import resolve_config
 from pipelines.data.trained_with import TrainedWith
 from pipelines.logs import init_ray, setup_logging
-from pipelines.outputs import claim_output
+from pipelines.outputs import add_shared_mount_argument, claim_output, refuse_node_local
 from pipelines.storage import Location
 from pipelines.training.config import TrainConfig
 from pipelines.training.overrides import parse_overrides
@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, or a local one)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in --output instead of resuming (only a sweep's own output is replaced)")
+    add_shared_mount_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="train.field=value", help="base training config overrides")
     args = parser.parse_args(argv)
     try:
@@ -252,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     init_ray(args.address)
     try:
+        refuse_node_local(args.output, shared_mount=args.shared_mount)
         summary = sweep(
             args.data,
             args.output,
