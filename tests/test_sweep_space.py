@@ -9,9 +9,10 @@ from ray import tune
 
 from models.factory import resolve_config
 from models.objectives import objective_class
+from pipelines.training.config import TrainConfig
 from pipelines.training.overrides import parse_overrides
 from tune.space import load_space, swept_fields, to_param_space
-from tune.sweep import as_grid, plan_resources, search_algorithm
+from tune.sweep import as_grid, plan_resources, search_algorithm, trial_train_config
 
 
 @pytest.mark.parametrize("objective", ["melp", "cmelt", "mets"])
@@ -87,3 +88,10 @@ def test_concurrency_leaves_one_cpu_to_ray_data(cpus, workers, per_worker, cap, 
 
 def test_gpu_trials_are_bounded_by_the_gpus_too():
     assert plan_resources(65, 2, 0.0, None, cluster_gpus=8) == (4, 1.0)
+
+
+def test_trials_that_run_at_once_share_the_object_store_budget_of_one_run():
+    base = TrainConfig(data_cache_fraction=0.25)
+    trial = trial_train_config(base, concurrent=4, cpus_per_worker=1.0)
+    assert trial.data_cache_fraction == 0.0625 and trial.cpus_per_worker == 1.0
+    assert trial_train_config(base, concurrent=1, cpus_per_worker=0.9).data_cache_fraction == 0.25

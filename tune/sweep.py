@@ -54,6 +54,15 @@ DATA_CPU = 1.0
 SEARCHES = ("random", "grid", "optuna")
 
 
+def trial_train_config(base: TrainConfig, concurrent: int, cpus_per_worker: float) -> TrainConfig:
+    """Each trial's training config: its workers' CPUs, and its share of the object store for holding its
+    splits in memory (the run's `data_cache_fraction` divided among the trials that run at once: four trials
+    taking a quarter each would claim all of it)."""
+    return base.with_overrides(
+        {"cpus_per_worker": cpus_per_worker, "data_cache_fraction": base.data_cache_fraction / concurrent}
+    )
+
+
 def plan_resources(
     cluster_cpus: float,
     workers: int,
@@ -166,7 +175,7 @@ def sweep(
         max_concurrent,
         resources.get("GPU", 0) if base_train.use_gpu else None,
     )
-    base_train = base_train.with_overrides({"cpus_per_worker": cpus_per_worker})
+    base_train = trial_train_config(base_train, concurrent, cpus_per_worker)
     spec = SweepSpec(folders, config, objective, base_train.to_dict(), val_rows, output.child(TRIALS_DIR).uri)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec.to_dict()), {"CPU": TRIAL_DRIVER_CPU})
     tune_path = output.child(TUNE_DIR).uri

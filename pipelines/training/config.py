@@ -86,6 +86,11 @@ class TrainConfig:
     """Worker failures Ray Train recovers from (restarting from the latest checkpoint)."""
     shuffle_buffer: int = 256
     """Rows in each worker's local shuffle buffer."""
+    data_cache_fraction: float = 0.25
+    """A train or val split whose columns take at most this fraction of the cluster's object store memory
+    (estimated from the shards' parquet footers, before reading) is read once, before training, and held
+    there for every epoch; a larger one streams from the shards each epoch. A sweep divides it among the
+    trials that run at once, so that together they hold no more."""
     seed: int = 0
     progress_every_s: float = 10.0
     """Seconds between progress lines on rank 0."""
@@ -141,6 +146,8 @@ class TrainConfig:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
         if self.recipe not in ("authors", "project"):
             problems.append(f"recipe must be authors or project, got {self.recipe!r}")
+        if not 0 <= self.data_cache_fraction <= 1:
+            problems.append(f"data_cache_fraction must be in [0, 1], got {self.data_cache_fraction}")
         if self.checkpoints_to_keep < 1:
             problems.append(f"checkpoints_to_keep must be at least 1, got {self.checkpoints_to_keep}")
         if problems:

@@ -3,7 +3,7 @@
     train = split_dataset("data/synthetic", "train")         # only the train split's files and columns
     batch = collate_batch(model, numpy_batch, torch.float32)  # signal, lead_mask, tokenized reports
 
-A split read once and held in the object store (where it fits `CACHE_FRACTION`) costs no reading in
+A split read once and held in the object store (where it fits `TrainConfig.data_cache_fraction`) costs no reading in
 later epochs: Ray Train's `streaming_split` of a materialized dataset hands out its blocks each epoch.
 Ray Train splits every dataset across the workers with `streaming_split(equal=True)`, so each worker
 sees the same number of rows; with `drop_last` and one batch size everywhere, every rank runs the
@@ -26,15 +26,12 @@ from ray.data.expressions import col
 from models.objectives import objective_class
 from pipelines.data.shard_files import SplitShards, split_shards
 from pipelines.storage import Location
+from pipelines.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ("signal", "lead_mask", "report")
 VAL_COLUMNS = (*TRAIN_COLUMNS, "labels")
-CACHE_FRACTION = 0.25
-"""A split whose columns take at most this fraction of the cluster's object store memory (estimated from
-the shards' parquet footers, before reading) is read once, before training, and held there for every
-epoch; a larger one streams from the shards each epoch."""
 
 
 def train_columns(objective: str) -> tuple[str, ...]:
@@ -53,7 +50,7 @@ def split_dataset(
     *,
     shuffle_seed: int | None = None,
     ecg_ids: Sequence[str] | None = None,
-    cache_fraction: float = CACHE_FRACTION,
+    cache_fraction: float = TrainConfig.data_cache_fraction,
 ) -> ray.data.Dataset:
     """The rows of one split (train / val / test) of one or more shard folders, with only `columns`; read
     now and held in memory where it fits `cache_fraction` of the object store (Ray must be running).

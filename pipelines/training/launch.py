@@ -106,9 +106,10 @@ def pretrain(
 
     objective = model_config.objective.name
     reads_signals = objective_class(objective).reads_signals
-    train = split_dataset(data, "train", train_columns(objective), shuffle_seed=train_config.seed)
+    cache_fraction = train_config.data_cache_fraction
+    train = split_dataset(data, "train", train_columns(objective), shuffle_seed=train_config.seed, cache_fraction=cache_fraction)
     chosen = validation_rows(data, val_rows)  # the same rows on every read, epoch and rerun
-    val = split_dataset(data, "val", val_columns(objective), ecg_ids=chosen.ecg_ids)
+    val = split_dataset(data, "val", val_columns(objective), ecg_ids=chosen.ecg_ids, cache_fraction=cache_fraction)
     val_labels = chosen.labels
     n_train = train.count()
     rows_per_step = train_config.batch_size
@@ -241,7 +242,10 @@ def _legacy_run(run_dir: Location) -> dict | None:
 def _resumable(resolved: dict) -> dict:
     """What must match for a rerun to continue a run: all but how long it trains, how it is spread (a checkpoint
     written at another world size is resharded on restore) and how often it checkpoints."""
-    spread = ("workers", "min_workers", "resize_check_s", "placement_strategy", "worker_resources", "cpus_per_worker")
+    spread = (
+        "workers", "min_workers", "resize_check_s", "placement_strategy", "worker_resources", "cpus_per_worker",
+        "data_cache_fraction",
+    )  # fmt: skip
     train = {
         k: v
         for k, v in resolved["train"].items()
