@@ -68,7 +68,7 @@ def test_a_genuine_zero2_checkpoint_passes_the_scan_and_exports_its_weights(zero
 def test_resume_loads_a_genuine_checkpoint_and_refuses_a_planted_pickle_unrun(zero2):
     assert zero2["resumed"]["genuine"] == {
         "folder": str(zero2["genuine"]),
-        "state": {"step": 1, "epoch": 0, "world_size": 0, "resizes": []},
+        "state": {"step": 1, "epoch": 0, "world_size": 0, "resizes": [], "attempt": ""},
     }
     refusal = zero2["resumed"]["planted"]["error"]
     assert refusal.startswith(str(zero2["marker"].parent / "planted" / TAG / "mp_rank_00_model_states.pt"))
