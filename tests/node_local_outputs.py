@@ -1,7 +1,8 @@
-"""Run as a job on the multi-node cluster: stages whose --output is a plain path on the driver's disk, each a
-subprocess that connects to the job's cluster. Prints one JSON line, {stage: [exit code, last stderr line]}.
+"""Run as a job on the multi-node cluster: stages whose --output is a plain path on the driver's own /tmp, and
+prepare with --shared-mount into a folder every node sees (SHARED), each a subprocess that connects to the
+job's cluster. Prints one JSON line, {stage: [exit code, last stderr line]}.
 
-    ray job submit … -- python -m tests.node_local_outputs s3://bucket/shards
+    ray job submit … -- python -m tests.node_local_outputs s3://bucket/shards SHARED
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import sys
 import tempfile
 
 if __name__ == "__main__":
-    shards = sys.argv[1]
-    folder = tempfile.mkdtemp(prefix="node-local-")
+    shards, shared = sys.argv[1:3]
+    folder = tempfile.mkdtemp(prefix="node-local-", dir="/tmp")
     stages = {
         "prepare": ["pipelines.prepare", "--source", "synthetic", "--input", "8", "--output", f"{folder}/shards"],
         "pretrain": ["pipelines.pretrain", "--data", shards, "--output", f"{folder}/run", "--config", "tiny"],
         "sweep": ["tune.sweep", "--data", shards, "--output", f"{folder}/sweep"],
         "prepare --shared-mount": ["pipelines.prepare", "--source", "synthetic", "--input", "8", "--output",
-                                   f"{folder}/shared", "--shared-mount"],
+                                   f"{shared}/shards", "--shared-mount"],
     }  # fmt: skip
     results = {}
     for name, arguments in stages.items():

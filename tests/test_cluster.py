@@ -157,16 +157,19 @@ def test_prepare_writes_shards_only_to_the_bucket(shards, object_store):
     assert not (REPO / "data" / "shards").exists()
 
 
-def test_a_plain_output_path_is_refused_unless_declared_a_shared_mount(cluster, runtime_env, shards):
+def test_a_plain_output_path_is_refused_unless_declared_a_shared_mount(cluster, runtime_env, shards, tmp_path):
     """A path on the driver's disk would not hold what tasks on the other nodes write: each stage refuses it before
-    anything runs, naming the flag; with the flag, prepare goes on."""
-    output = submit(cluster, runtime_env, "node-local-outputs", "tests.node_local_outputs", shards)
+    anything runs, naming the flag; with the flag, prepare writes into a folder every node sees (the session's
+    folder, which no node mounts over: a shared mount here)."""
+    output = submit(cluster, runtime_env, "node-local-outputs", "tests.node_local_outputs", shards, str(tmp_path))
     results = json.loads(next(line for line in output.splitlines() if line.startswith("{")))
     for stage in ("prepare", "pretrain", "sweep"):
         code, message = results[stage]
         assert code == 2 and re.search(r"--output /\S+ is a path on each node's own disk, and the Ray cluster has \d nodes", message), (stage, message)
         assert "pass --shared-mount if every node mounts that path" in message
     assert results["prepare --shared-mount"][0] == 0, results
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert manifest["records_in"] == 8 and all((tmp_path / "shards" / shard["file"]).is_file() for shard in manifest["shards"])
 
 
 def test_pretraining_runs_one_zero2_worker_per_node_with_everything_in_the_bucket(run, object_store):
