@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
-from ray.data import FileShuffleConfig
+from ray.data import FileShuffleConfig, RandomSeedConfig
 from ray.data.expressions import col
 
 from models.objectives import objective_class
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ("signal", "lead_mask", "report")
 VAL_COLUMNS = (*TRAIN_COLUMNS, "labels")
+SHUFFLE_BLOCK_ROWS = 64
+"""Rows per block of a shuffled split: a quarter of a worker's default local shuffle buffer (256 rows), so the
+buffer draws each batch from several blocks, in an order new each epoch. A shard's 512 rows as one block
+would fill the buffer alone, and rows of one shard would share batches epoch after epoch."""
 
 
 def train_columns(objective: str) -> tuple[str, ...]:
@@ -54,9 +58,10 @@ def split_dataset(
 ) -> ray.data.Dataset:
     """The rows of one split (train / val / test) of one or more shard folders, with only `columns`; read
     now and held in memory where it fits `cache_fraction` of the object store (Ray must be running).
-    `shuffle_seed`: blocks in a seeded random order (held in memory: the same order each epoch; streamed:
-    the files in a new order each epoch, with no barrier before the first block). `ecg_ids`: only these
-    records' rows (`pipelines.training.validation_rows`), filtered in the Parquet scan, in file order."""
+    `shuffle_seed`: the rows in blocks of `SHUFFLE_BLOCK_ROWS`, in an order drawn anew each epoch from the seed
+    and the epoch (held in memory: the blocks; streamed: the files, with no barrier before the first block).
+    `ecg_ids`: only these records' rows (`pipelines.training.validation_rows`), filtered in the Parquet scan,
+    in file order."""
     folders = [str(shards)] if isinstance(shards, str) else [str(folder) for folder in shards]
     found = split_shards(folders, split)
     if not found.files:
@@ -76,10 +81,15 @@ def split_dataset(
     if found.filtered:  # prepared before shard names carried the split: read all, keep this split's rows
         dataset = dataset.select_columns([*columns, "split"]).filter(expr=f"split == '{split}'")
     dataset = dataset.select_columns(list(columns))
+    if shuffle_seed is not None:
+        dataset = dataset.repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS)
     if not cached:
         return dataset
     dataset = dataset.materialize()
-    return dataset if shuffle_seed is None else dataset.randomize_block_order(seed=shuffle_seed)
+    if shuffle_seed is None:
+        return dataset
+    # Ray Data combines the seed with the execution's index: each epoch's pass gets another block order.
+    return dataset.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
 
 
 def estimated_memory(shards: SplitShards, columns: Sequence[str]) -> float:
