@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import grimp
 import networkx as nx
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "pipelines", "tune")
@@ -21,6 +23,15 @@ def test_import_contracts_are_kept():
     )
     assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
     assert "3 kept, 0 broken" in lint.stdout
+
+
+def test_the_readmes_layers_are_the_contract():
+    """The README's Layers snippet is pyproject.toml's layers contract, name and layers."""
+    snippet = re.search(r"## Layers\n.*?```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)[1]
+    shown = tomllib.loads(snippet)["tool"]["importlinter"]["contracts"][0]
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    kept = next(contract for contract in contracts if contract["type"] == "layers")
+    assert (shown["name"], shown["layers"]) == (kept["name"], kept["layers"])
 
 
 def test_the_import_graph_has_no_cycle():
