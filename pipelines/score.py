@@ -57,7 +57,7 @@ from pipelines.labels.tasks import load_task
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import add_shared_mount_argument, claim_output, refuse_node_local
 from pipelines.search import INDEX_DIR, build_index
-from pipelines.serving.batch import (
+from pipelines.serving.batch_scoring import (
     REJECTED_DIR,
     SCORES_DIR,
     ExplainedLabels,

@@ -35,7 +35,7 @@ from pipelines.logs import setup_logging
 from pipelines.outputs import recorded
 from pipelines.retrieval import EmbeddingIndex, QueryProblem, check_k, check_text
 from pipelines.retrieval.index import EXACT_LIMIT
-from pipelines.serving.batch import SCORES_DIR, part_names, part_of
+from pipelines.serving.batch_scoring import SCORES_DIR, part_names, part_of
 from pipelines.serving.scorer import Scorer
 from pipelines.storage import Location, cached_copy
 

@@ -40,7 +40,7 @@ from pipelines.data.preprocess import PreparedSignal
 from pipelines.data.rejection import RecordRejected
 from pipelines.logs import init_ray, setup_logging
 from pipelines.retrieval import MAX_K, MAX_QUERY_CHARS, EmbeddingIndex
-from pipelines.serving.batch import ExplainedLabels
+from pipelines.serving.batch_scoring import ExplainedLabels
 from pipelines.serving.guard import BODY_TIMEOUT_S, MAX_BODY_BYTES, TOKEN_ENV, RequestGuard, require_token
 from pipelines.serving.openapi import body_doc
 from pipelines.serving.requests import (

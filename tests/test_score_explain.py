@@ -15,7 +15,7 @@ from pipelines.data.wfdb_io import read_record
 from pipelines.explaining.evidence_body import evidence_body
 from pipelines.score import main as score_main
 from pipelines.score import score
-from pipelines.serving.batch import ExplainedLabels
+from pipelines.serving.batch_scoring import ExplainedLabels
 from pipelines.serving.requests import MAX_EXPLAIN_LABELS
 from pipelines.serving.scorer import Scorer
 from tests.archives import write_ptbxl_archive

@@ -49,7 +49,7 @@ from models.factory import resolve_config
 from models.model import ECGTextModel
 from pipelines.data.schema import lead_masks_of, signals_of
 from pipelines.data.wfdb_io import read_record
-from pipelines.serving.batch import SCORES_DIR
+from pipelines.serving.batch_scoring import SCORES_DIR
 from pipelines.serving.scorer import Scorer
 from pipelines.training.config import TrainConfig
 from tests.benchmarks.bench_prepare import rate_of, record_paths
