@@ -10,6 +10,7 @@ Both count the same: the test at the end checks that they agree.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     store, server = start_object_store()
+    os.environ.update(store.env)  # pyarrow's S3 reaches the server by the AWS_* variables
     try:
         with tempfile.TemporaryDirectory(prefix="bench-accounting-") as folder:
             work = write_parts(Path(folder), args.parts, args.rows_per_part)
