@@ -105,7 +105,7 @@ def work_units(source_location: Location, source: str, part_size: int) -> WorkLi
         if not shards:
             raise ValueError(f"{source_location} holds no parquet shards")
         units = [
-            {"unit": Location.of(shard.uri).name.removesuffix(".parquet"), "shard_path": shard.uri, "records": ""}
+            {"unit": shard.location.name.removesuffix(".parquet"), "shard_path": shard.uri, "records": ""}
             for shard in shards
         ]
         return WorkList(units, sum(shard.rows for shard in shards), shard_sizes=[shard.bytes for shard in shards])

@@ -2,7 +2,7 @@
 by their split so that a reader of one split opens only that split's files.
 
     part-train-00003-001.parquet      split, write task, k-th shard of that task and split
-    split_shards(["data/synthetic"], "val")  → SplitShards(files=[…/part-val-….parquet], bytes=…, filtered=False)
+    split_shards(["data/synthetic"], "val")  → SplitShards(shards=[Shard(…/part-val-….parquet, …)], filtered=False)
 
 Readers take the shards from the manifest, never from a listing of the folder: in an object store, files
 another run left under the prefix are not this dataset's, and a folder with shards but no manifest is a
@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import pyarrow.dataset as pads
 
 from pipelines.storage import Location
 
@@ -53,13 +55,18 @@ def read_manifest(folder: str | Location) -> dict:
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard of a prepared dataset: its path or URI, its split (None for a file that mixes splits, from
-    before names carried them), its rows, and its size in bytes."""
+    """One shard of a prepared dataset: where it lies (a child of its folder's Location, so no file system is
+    resolved per shard), its split (None for a file that mixes splits, from before names carried them), its
+    rows, and its size in bytes."""
 
-    uri: str
+    location: Location
     split: str | None
     rows: int
     bytes: int
+
+    @property
+    def uri(self) -> str:
+        return self.location.uri
 
 
 def dataset_shards(folder: str) -> list[Shard]:
@@ -76,9 +83,15 @@ def dataset_shards(folder: str) -> list[Shard]:
             f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); prepare it again with --overwrite"
         )
     return [
-        Shard(location.child(entry["file"]).uri, _split_of(entry["file"]), entry["rows"], sizes[entry["file"]])
+        Shard(location.child(entry["file"]), _split_of(entry["file"]), entry["rows"], sizes[entry["file"]])
         for entry in listed
     ]
+
+
+def pyarrow_dataset(shards: Sequence[Shard]) -> pads.Dataset:
+    """Shards (at least one, in one file system) as one pyarrow dataset, which reads them threaded."""
+    paths = [shard.location.path for shard in shards]
+    return pads.dataset(paths, format="parquet", filesystem=shards[0].location.filesystem)
 
 
 def _split_of(name: str) -> str | None:
@@ -89,12 +102,19 @@ def _split_of(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class SplitShards:
-    """The shard files to read for one split (paths or URIs, in manifest order), their bytes on disk, and
-    whether their rows must still be filtered on the `split` column (files that mix splits)."""
+    """The shards to read for one split (in manifest order), and whether their rows must still be filtered on
+    the `split` column (files that mix splits); `files` their paths or URIs, `bytes` their size on disk."""
 
-    files: list[str]
-    bytes: int
+    shards: list[Shard]
     filtered: bool
+
+    @property
+    def files(self) -> list[str]:
+        return [shard.uri for shard in self.shards]
+
+    @property
+    def bytes(self) -> int:
+        return sum(shard.bytes for shard in self.shards)
 
 
 def split_shards(folders: Sequence[str], split: str) -> SplitShards:
@@ -103,4 +123,4 @@ def split_shards(folders: Sequence[str], split: str) -> SplitShards:
     shards = [shard for folder in folders for shard in dataset_shards(folder)]
     filtered = any(shard.split is None for shard in shards)
     chosen = [shard for shard in shards if filtered or shard.split == split]
-    return SplitShards(files=[shard.uri for shard in chosen], bytes=sum(shard.bytes for shard in chosen), filtered=filtered)
+    return SplitShards(chosen, filtered)

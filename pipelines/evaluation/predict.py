@@ -14,9 +14,8 @@ import pyarrow.dataset
 import torch
 
 from pipelines.data.schema import lead_masks_of, signals_of
-from pipelines.data.shard_files import dataset_shards
+from pipelines.data.shard_files import dataset_shards, pyarrow_dataset
 from pipelines.data.splits import selected_splits
-from pipelines.storage import Location
 
 BATCH_SIZE = 64
 
@@ -43,11 +42,11 @@ def split_tables(data: str, split: str, columns: list[str], batch_size: int = BA
     """The `columns` of the rows of `split` ("test", "val,test" or "all"), in non-empty tables of at most
     `batch_size` rows, in shard order (the shards `data`'s manifest lists)."""
     splits = selected_splits(split)
-    files = [shard.uri for shard in dataset_shards(data) if shard.split is None or shard.split in splits]
-    filesystem = Location.of(data).filesystem
-    dataset = pyarrow.dataset.dataset([Location.of(file).path for file in files], format="parquet", filesystem=filesystem)
+    shards = [shard for shard in dataset_shards(data) if shard.split is None or shard.split in splits]
+    if not shards:
+        return
     chosen = pyarrow.dataset.field("split").isin(list(splits))
-    scanner = dataset.scanner(columns=columns, filter=chosen, batch_size=batch_size)
+    scanner = pyarrow_dataset(shards).scanner(columns=columns, filter=chosen, batch_size=batch_size)
     for batch in scanner.to_batches():
         if batch.num_rows:
             yield pyarrow.Table.from_batches([batch])

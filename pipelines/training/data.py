@@ -25,7 +25,6 @@ from ray.data.expressions import col
 
 from models.objectives import objective_class
 from pipelines.data.shard_files import SplitShards, split_shards
-from pipelines.storage import Location
 from pipelines.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -92,10 +91,10 @@ def split_dataset(
     return dataset.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
 
 
-def estimated_memory(shards: SplitShards, columns: Sequence[str]) -> float:
-    """Bytes that `columns` of `shards` take in memory: their bytes on disk scaled by the uncompressed-to-file
+def estimated_memory(found: SplitShards, columns: Sequence[str]) -> float:
+    """Bytes that `columns` of `found` take in memory: their bytes on disk scaled by the uncompressed-to-file
     size ratio of those columns in the first file's footer (an upper bound where the files mix splits)."""
-    first = Location.of(shards.files[0])
+    first = found.shards[0].location
     with first.filesystem.open_input_file(first.path) as stream:
         metadata = pq.ParquetFile(stream).metadata
         file_size = stream.size()
@@ -105,7 +104,7 @@ def estimated_memory(shards: SplitShards, columns: Sequence[str]) -> float:
         for i in range(group.num_columns)
         if group.column(i).path_in_schema.split(".")[0] in columns
     )
-    return shards.bytes * uncompressed / max(1, file_size)
+    return found.bytes * uncompressed / max(1, file_size)
 
 
 def label_lists(labels: np.ndarray) -> list[list[str]]:

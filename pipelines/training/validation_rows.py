@@ -18,10 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
-from pipelines.data.shard_files import split_shards
-from pipelines.storage import Location
+from pipelines.data.shard_files import pyarrow_dataset, split_shards
 
 
 @dataclass(frozen=True)
@@ -38,9 +36,7 @@ def validation_rows(folders: Sequence[str], rows: int) -> ValidationRows:
     found = split_shards(folders, "val")
     if not found.files:
         raise ValueError(f"{', '.join(folders)}: no shard holds rows of the 'val' split")
-    first = Location.of(found.files[0])
-    dataset = pads.dataset([Location.of(file).path for file in found.files], filesystem=first.filesystem, format="parquet")
-    table = dataset.to_table(
+    table = pyarrow_dataset(found.shards).to_table(
         columns=["ecg_id", "labels"], filter=pc.field("split") == "val" if found.filtered else None
     )
     ids = table.column("ecg_id").to_pylist()
