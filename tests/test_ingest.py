@@ -70,6 +70,17 @@ def test_split_named_shards_list_only_their_split(tmp_path):
     assert split_shards([str(new)], "holdout").files == []
 
 
+def test_a_shard_its_manifest_lists_but_the_folder_lacks_is_refused_by_name(tmp_path):
+    new = _write_new(tmp_path / "new", _rows())
+    (new / "part-val-00001-000.parquet").unlink()
+    with pytest.raises(ValueError, match=rf"{new}: 1 of the 3 shards its manifest.json lists are missing "
+                                         r"\(part-val-00001-000.parquet\); prepare it again with --overwrite"):
+        split_shards([str(new)], "train")
+    assert sorted(p.name for p in new.glob("*.parquet")) == [
+        "part-test-00001-000.parquet", "part-train-00000-000.parquet", "rejected.parquet"
+    ], "a refusal deletes nothing"
+
+
 def test_old_or_mixed_folders_list_every_shard_to_be_filtered(tmp_path):
     old = _write_old(tmp_path / "old", _rows())
     new = _write_new(tmp_path / "new", _rows())
