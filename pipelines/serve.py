@@ -4,6 +4,7 @@ ECGs of concurrent requests batched with `@serve.batch`).
     python -m pipelines.serve --model runs/sweep/best [--port 8000] [--replicas 2] [--cpus-per-replica 4] [--task ptbxl-super]
     python -m pipelines.serve --model s3://bucket/runs/x/export     # each replica loads a cached copy on its node
     python -m pipelines.serve --model runs/sweep/best --index runs/scores/index     # also answers /v1/search
+    python -m pipelines.serve --model runs/sweep/best --explainers 2 --explain-queue 4 --explain-deadline-s 60
     serve run cluster/serve.yaml
 
 Routes: `POST /v1/score` (per-label scores and the top labels per ECG; with `explain`, the leads and time
@@ -17,13 +18,17 @@ the model's identity, whether it drafts, the index), the OpenAPI page at `/docs`
 (`pipelines.serving.guard`). ECGs go through the prepare stage's preprocessing and the evaluation's
 zero-shot classifier (`pipelines.serving.scorer.Scorer`), so a score here equals the same ECG's score in
 batch scoring and evaluation, and a draft equals `pipelines.score --reports`'s. Decoding, preprocessing
-and the model run in threads, off the replica's event loop.
+and the model run in threads, off the replica's event loop. Explanations run in their own deployment
+(`pipelines.serving.explainer`): one at a time per explainer replica, a short queue, a deadline, and a 503
+with `Retry-After` beyond them, so explaining clients cannot take scoring's CPUs.
 """
 
 import argparse
 import asyncio
+import math
 import os
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -32,6 +37,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
 
 from models.evidence import Evidence
 from models.model import export_fingerprint
@@ -41,6 +48,7 @@ from pipelines.data.rejection import RecordRejected
 from pipelines.logs import init_ray, setup_logging
 from pipelines.retrieval import MAX_K, MAX_QUERY_CHARS, EmbeddingIndex
 from pipelines.serving.batch_scoring import ExplainedLabels
+from pipelines.serving.explainer import ExplainBounds, ExplainDeadlinePassed, Explainer
 from pipelines.serving.guard import BODY_TIMEOUT_S, MAX_BODY_BYTES, TOKEN_ENV, RequestGuard, require_token
 from pipelines.serving.openapi import body_doc
 from pipelines.serving.requests import (
@@ -70,7 +78,6 @@ from pipelines.serving.requests import (
 )
 from pipelines.serving.responses import (
     explain_body,
-    explain_png,
     reports_body,
     score_labels,
     scores_body,
@@ -101,13 +108,19 @@ app.add_middleware(RequestGuard)
 
 @app.exception_handler(RequestProblem)
 async def request_problem(_: Request, problem: RequestProblem) -> JSONResponse:
-    return JSONResponse({"detail": str(problem), "field": problem.field}, status_code=problem.status)
+    body = {"detail": str(problem), "field": problem.field}
+    return JSONResponse(body, status_code=problem.status, headers=problem.headers)
 
 
 @app.exception_handler(RequestValidationError)
 async def request_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
     """FastAPI's own validation (paths, queries): named fields, without the input echoed back."""
     return await request_problem(_, validation_problem(error.errors()))
+
+
+async def _awaited(response):
+    """A `DeploymentResponse` as a coroutine (for `asyncio.wait_for`)."""
+    return await response
 
 
 async def _answer(build, *args) -> JSONResponse:
@@ -119,7 +132,8 @@ async def _answer(build, *args) -> JSONResponse:
 @serve.ingress(app)
 class ScoringService:
     """One replica: the export loaded once and checked by a forward, ECGs of concurrent requests embedded
-    (or drafted) together; the index, when given, loaded once and refused unless this export made it."""
+    (or drafted) together; the index, when given, loaded once and refused unless this export made it;
+    explanations handed to `explainer` within `explain_bounds` (no explainer: `explain` is refused)."""
 
     def __init__(
         self,
@@ -129,8 +143,11 @@ class ScoringService:
         max_body_bytes: int = MAX_BODY_BYTES,
         body_timeout_s: float = BODY_TIMEOUT_S,
         index: str | None = None,
+        explainer: DeploymentHandle | None = None,
+        explain_bounds: ExplainBounds = ExplainBounds(),
     ) -> None:
         self.scorer = Scorer(model_dir, task)
+        self.explainer, self.explain_bounds = explainer, explain_bounds
         self.identity = {
             "name": Location.of(model_dir).name,
             "fingerprint": export_fingerprint(self.scorer.export_dir),
@@ -205,6 +222,9 @@ class ScoringService:
         if isinstance(options, ScoreOptions):
             check_response_size(len(listed), len(options.labels or self.scorer.default_labels))
             check_explain(options, len(listed))
+        explains = isinstance(options, ExplainOptions) or (isinstance(options, ScoreOptions) and options.explain)
+        if explains and self.explainer is None:
+            raise RequestProblem(422, "explain", "this service was started without explainers (explainers: 0)")
         prepared = []
         for index, recording in enumerate(listed):
             try:
@@ -221,22 +241,37 @@ class ScoringService:
     async def score(self, request: Request) -> JSONResponse:
         options, ids, prepared = await self._read(request, ScoreRequest)
         embeddings = await self._embedded(prepared)
-        evidence = await asyncio.to_thread(self._explain, options, prepared, embeddings) if options.explain else None
+        evidence = await self._explain(options, prepared, embeddings) if options.explain else None
         flags = [p.flags for p in prepared]
         return await _answer(scores_body, self.scorer, options, ids, embeddings, flags, evidence)
 
-    def _explain(
+    async def _explain(
         self, options: ScoreOptions, prepared: list[PreparedSignal], embeddings: np.ndarray
     ) -> list[list[tuple[str, Evidence]]]:
         """Per ECG, (label, evidence) for each of the request's labels or, without labels, its `top_k` best
-        (as `scores_body` ranks them), each ECG explained alone."""
+        (as `scores_body` ranks them), each ECG explained alone by the explainer."""
         labels = score_labels(self.scorer, options)
         explained = ExplainedLabels(None if options.labels else options.top_k)
         chosen = [explained.chosen(labels, row) for row in self.scorer.scores(embeddings, labels)]  # scores [n, C]
-        return [
-            list(zip(ecg_labels, self.scorer.explain(p.signal[None], p.lead_mask[None], ecg_labels)[0]))
-            for p, ecg_labels in zip(prepared, chosen)
-        ]
+        signals, lead_masks = np.stack([p.signal for p in prepared]), np.stack([p.lead_mask for p in prepared])
+        evidence = await self._bounded("evidence", signals, lead_masks, chosen)
+        return [list(zip(ecg_labels, items)) for ecg_labels, items in zip(chosen, evidence)]
+
+    async def _bounded(self, method: str, *args):
+        """The explainer's `method(*args, deadline)`, or a 503 naming `explain` with `Retry-After` when its
+        queue is full or the deadline passes (the call is then cancelled)."""
+        bounds = self.explain_bounds
+        retry = {"Retry-After": str(math.ceil(bounds.retry_after_s))}
+        response = getattr(self.explainer, method).remote(*args, time.time() + bounds.deadline_s)
+        try:
+            return await asyncio.wait_for(_awaited(response), bounds.deadline_s)
+        except BackPressureError:
+            message = f"the explainers are busy and {bounds.queue} explanations already wait; retry later"
+            raise RequestProblem(503, "explain", message, retry) from None
+        except (TimeoutError, ExplainDeadlinePassed):
+            response.cancel()
+            message = f"not explained within the deadline of {bounds.deadline_s:g} s; retry later or explain less"
+            raise RequestProblem(503, "explain", message, retry) from None
 
     @app.post(
         "/v1/explain",
@@ -251,13 +286,10 @@ class ScoringService:
         options, (ecg_id,), (prepared,) = await self._read(request, ExplainRequest)
         (label,) = options.labels
         (name,) = self.scorer.label_names([label])
-        evidence = await asyncio.to_thread(
-            lambda: self.scorer.explain(prepared.signal[None], prepared.lead_mask[None], [label])[0][0]
-        )
         if options.format == "json":
+            [[evidence]] = await self._bounded("evidence", prepared.signal[None], prepared.lead_mask[None], [[label]])
             return await _answer(explain_body, ecg_id, label, name, evidence, prepared.flags)
-        fs = self.scorer.preprocess_config.fs
-        png = await asyncio.to_thread(explain_png, ecg_id, label, name, evidence, prepared, fs)
+        png = await self._bounded("on_paper", ecg_id, label, name, prepared)
         return Response(png, media_type="image/png")
 
     @app.post("/v1/embed", openapi_extra=body_doc(ECGRequest, ECGOptions))
@@ -312,21 +344,70 @@ class ScoringService:
         return JSONResponse(body, status_code=200 if self.problem is None else 503)
 
 
+def scoring_app(
+    model: str,
+    task: str | None = None,
+    token: str | None = None,
+    *,
+    index: str | None = None,
+    replicas: int = 1,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    explain: ExplainBounds = ExplainBounds(),
+) -> serve.Application:
+    """The app: `replicas` scoring replicas (each `num_cpus`, `num_gpus`; torch's threads follow num_cpus)
+    in front of `explain.replicas` explainers (none: `explain` is refused)."""
+    explainer = None
+    if explain.replicas:
+        explainer = Explainer.options(**explain.deployment_options()).bind(model, task)
+    scoring = ScoringService.options(
+        num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus}
+    )
+    return scoring.bind(model, task, token, max_body_bytes, body_timeout_s, index, explainer, explain)
+
+
+APP_ARGS = {
+    "model", "task", "token", "allow_no_token", "index", "replicas", "cpus_per_replica", "gpus_per_replica",
+    "max_body_bytes", "body_timeout_s", "explainers", "cpus_per_explainer", "gpus_per_explainer", "explain_queue",
+    "explain_deadline_s", "explain_retry_after_s",
+}  # fmt: skip
+"""The keys `app_builder` takes (a Serve config's `args`)."""
+
+
 def app_builder(args: dict) -> serve.Application:
     """`serve run` entry (cluster/serve.yaml): args model (an export folder or its URI), task (default: the
     export's), replicas, cpus_per_replica (torch's threads in each replica; default 1), gpus_per_replica,
     body_timeout_s, index (a folder or URI of `pipelines.search --build`'s index, made with this model; for
-    /v1/search); the token from the environment, required unless allow_no_token (`require_token`)."""
+    /v1/search); explainers, cpus_per_explainer, gpus_per_explainer, explain_queue, explain_deadline_s,
+    explain_retry_after_s (`ExplainBounds`); the token from the environment, required unless allow_no_token
+    (`require_token`). Any other key is refused, naming it (a misspelt bound is not silently the default)."""
+    unknown = sorted(set(args) - APP_ARGS)
+    if unknown:
+        raise ValueError(f"unknown serve args {', '.join(unknown)}; known: {', '.join(sorted(APP_ARGS))}")
     token = args.get("token") or os.environ.get(TOKEN_ENV) or None
     require_token(token, None, bool(args.get("allow_no_token", False)))
-    options = {"num_cpus": float(args.get("cpus_per_replica", 1)), "num_gpus": float(args.get("gpus_per_replica", 0))}
-    return ScoringService.options(num_replicas=int(args.get("replicas", 1)), ray_actor_options=options).bind(
+    defaults = ExplainBounds()
+    explain = ExplainBounds(
+        replicas=int(args.get("explainers", defaults.replicas)),
+        num_cpus=float(args.get("cpus_per_explainer", defaults.num_cpus)),
+        num_gpus=float(args.get("gpus_per_explainer", defaults.num_gpus)),
+        queue=int(args.get("explain_queue", defaults.queue)),
+        deadline_s=float(args.get("explain_deadline_s", defaults.deadline_s)),
+        retry_after_s=float(args.get("explain_retry_after_s", defaults.retry_after_s)),
+    )
+    return scoring_app(
         args["model"],
         args.get("task"),
         token,
-        int(args.get("max_body_bytes", MAX_BODY_BYTES)),
-        float(args.get("body_timeout_s", BODY_TIMEOUT_S)),
-        args.get("index"),
+        index=args.get("index"),
+        replicas=int(args.get("replicas", 1)),
+        num_cpus=float(args.get("cpus_per_replica", 1)),
+        num_gpus=float(args.get("gpus_per_replica", 0)),
+        max_body_bytes=int(args.get("max_body_bytes", MAX_BODY_BYTES)),
+        body_timeout_s=float(args.get("body_timeout_s", BODY_TIMEOUT_S)),
+        explain=explain,
     )
 
 
@@ -348,6 +429,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--body-timeout-s", type=float, default=BODY_TIMEOUT_S, help="seconds a client has to send its body"
     )
+    defaults = ExplainBounds()
+    parser.add_argument(
+        "--explainers", type=int, default=defaults.replicas, help="explainer replicas (0: explain is refused)"
+    )
+    parser.add_argument(
+        "--cpus-per-explainer", type=float, default=defaults.num_cpus, help="CPUs (and torch threads) per explainer"
+    )
+    parser.add_argument(
+        "--explain-queue",
+        type=int,
+        default=defaults.queue,
+        help="explanations that may wait per scoring replica; more are refused with 503 and Retry-After",
+    )
+    parser.add_argument(
+        "--explain-deadline-s",
+        type=float,
+        default=defaults.deadline_s,
+        help="seconds an explanation may take from queueing to answer before it is cancelled and answered 503",
+    )
     parser.add_argument(
         "--insecure-no-token",
         action="store_true",
@@ -363,6 +463,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         require_token(os.environ.get(TOKEN_ENV), args.host, args.insecure_no_token)
+        explain = ExplainBounds(
+            replicas=args.explainers,
+            num_cpus=args.cpus_per_explainer,
+            queue=args.explain_queue,
+            deadline_s=args.explain_deadline_s,
+        )
     except ValueError as error:
         parser.error(str(error))
     if args.index:
@@ -374,16 +480,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     init_ray(args.address)
     serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
     serve.run(
-        app_builder(
-            {
-                "model": Location.of(args.model).uri,  # an absolute path, or the URI as given
-                "task": args.task,
-                "index": Location.of(args.index).uri if args.index else None,
-                "replicas": args.replicas,
-                "cpus_per_replica": args.cpus_per_replica,
-                "body_timeout_s": args.body_timeout_s,
-                "allow_no_token": True,  # checked above, with the host this server listens on
-            }
+        scoring_app(
+            Location.of(args.model).uri,  # an absolute path, or the URI as given
+            args.task,
+            os.environ.get(TOKEN_ENV) or None,  # checked above, with the host this server listens on
+            index=Location.of(args.index).uri if args.index else None,
+            replicas=args.replicas,
+            num_cpus=args.cpus_per_replica,
+            body_timeout_s=args.body_timeout_s,
+            explain=explain,
         ),
         name="ecg-fm",
         route_prefix="/",

@@ -18,6 +18,7 @@ from pipelines.data.preprocess import PreprocessConfig, preprocess
 from pipelines.data.wfdb_io import Recording
 from pipelines.labels.tasks import load_task
 from pipelines.labels.zero_shot import task_scores
+from pipelines.serving.explainer import ExplainBounds
 from pipelines.synthetic import SyntheticConfig, generate_batch
 from tests.served import served
 
@@ -38,9 +39,10 @@ def export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(serve_port, export):
-    from pipelines.serve import ScoringService
+    from pipelines.serve import scoring_app
 
-    with served(ScoringService.bind(str(export), "synthetic", TOKEN, LIMIT), "ecg-fm-test"):
+    app = scoring_app(str(export), "synthetic", TOKEN, max_body_bytes=LIMIT, explain=ExplainBounds(replicas=0))
+    with served(app, "ecg-fm-test"):
         yield f"http://127.0.0.1:{serve_port}"
 
 
@@ -128,6 +130,7 @@ BAD_REQUESTS = [
     ("no ecg", lambda e: {"fs": 500}, 422, "ecg"),
     ("empty label", lambda e: {"ecg": e[0].tolist(), "labels": [" "]}, 422, "labels"),
     ("oversize body", lambda e: b'{"ecg": [' + b"0.0," * 2_000_000 + b"0.0]}", 413, "limit"),
+    ("explain, no explainers", lambda e: {"ecg": e[0].tolist(), "explain": True}, 422, "without explainers"),
 ]
 
 

@@ -35,9 +35,9 @@ def export(tiny_export):
 
 @pytest.fixture(scope="module")
 def url(serve_port, export):
-    from pipelines.serve import ScoringService
+    from pipelines.serve import scoring_app
 
-    with served(ScoringService.bind(str(export), "synthetic", TOKEN), "ecg-fm-explain"):
+    with served(scoring_app(str(export), "synthetic", TOKEN), "ecg-fm-explain"):
         yield f"http://127.0.0.1:{serve_port}"
 
 

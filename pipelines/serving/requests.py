@@ -152,11 +152,12 @@ class SearchRequest(SearchOptions):
 
 
 class RequestProblem(ValueError):
-    """A request that cannot be scored: `status` (4xx) and a message naming the field."""
+    """A request that cannot be answered: `status` (4xx, or 503 when the service is full), a message naming
+    the field, and any headers of the answer (`Retry-After`)."""
 
-    def __init__(self, status: int, field: str, message: str) -> None:
+    def __init__(self, status: int, field: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{field}: {message}")
-        self.status, self.field = status, field
+        self.status, self.field, self.headers = status, field, headers
 
 
 QUERY_OPTIONS = {

@@ -16,12 +16,9 @@ import json
 import os
 import socket
 import tempfile
-import threading
-import time
 
 import numpy as np
 import psutil
-import requests
 import torch
 
 from models.factory import create_model
@@ -30,6 +27,7 @@ from pipelines.data.wfdb_io import Recording
 from pipelines.serving.scorer import Scorer
 from pipelines.synthetic import SyntheticConfig, generate_batch
 from tests.benchmarks.bench_score import raw_forward
+from tests.serve_load import Traffic, run_load
 
 ROLES = (
     ("ServeReplica", "Serve replica"),
@@ -59,41 +57,18 @@ def cpu_seconds() -> dict[str, float]:
 
 
 def load(url: str, bodies: list[bytes], content_type: str, concurrency: int, seconds: float) -> dict:
-    """Each of `concurrency` threads posts one request at a time until the deadline."""
-    latencies: list[float] = []
-    statuses: list[int] = []
-    lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
-
-    def client(index: int) -> None:
-        session = requests.Session()
-        i = index
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            response = session.post(url, data=bodies[i % len(bodies)], headers={"Content-Type": content_type})
-            elapsed = time.perf_counter() - started
-            with lock:
-                latencies.append(elapsed)
-                statuses.append(response.status_code)
-            i += concurrency
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    """`concurrency` clients, one request in flight each, until `seconds` have passed (`run_load`)."""
     cpu_before = cpu_seconds()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    (result,) = run_load([Traffic("score", url, bodies, content_type, concurrency)], seconds)
     cpu = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in cpu_seconds().items()}
-    ok = sum(200 <= s < 300 for s in statuses)
+    requests_sent = len(result.statuses)
     return {
-        "throughput": ok / wall,  # requests/s
-        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
-        "server_errors": sum(s >= 500 for s in statuses),
-        "requests": len(statuses),
-        "cpu_ms_per_request": {role: 1000 * seconds / max(len(statuses), 1) for role, seconds in cpu.items()},
+        "throughput": result.throughput,  # requests/s
+        "p50_ms": 1000 * float(np.percentile(result.latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(result.latencies, 99)),
+        "server_errors": sum(s >= 500 for s in result.statuses),
+        "requests": requests_sent,
+        "cpu_ms_per_request": {role: 1000 * seconds / max(requests_sent, 1) for role, seconds in cpu.items()},
     }
 
 
