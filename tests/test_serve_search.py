@@ -179,7 +179,9 @@ def test_an_index_of_another_model_stops_the_deployment(url, export, indexed, tm
     from pipelines.serve import app_builder
 
     other = saved_index(indexed, "0123456789abcdef", "elsewhere/export", tmp_path / "other-index")
-    app = app_builder({"model": str(export), "index": other, "allow_no_token": True, "cpus_per_replica": 0.5})
+    app = app_builder(
+        {"model": str(export), "index": other, "allow_no_token": True, "cpus_per_replica": 0.5, "explainers": 0}
+    )
     try:
         with pytest.raises(RuntimeError, match="ecg-fm-mismatch"):
             serve.run(app, name="ecg-fm-mismatch", route_prefix="/mismatch")
