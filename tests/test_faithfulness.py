@@ -92,7 +92,7 @@ def test_evidence_is_faithful_to_the_model_and_lands_on_the_abnormality(untraine
     """The issue's rates on the freshly initialised tiny model: deletion measures faithfulness to the model, which
     holds for any model; the overlap holds here because attribution follows the largest deviations from the
     isoelectric level, where the generator puts its abnormalities. Against an all-zeros baseline this fails
-    (overlap 56 %): the record's level leaks into the attribution. The trained export's figures are in the README."""
+    (overlap 56 %): the record's level leaks into the attribution. The trained export's figures are in BENCHMARKS.md."""
     figures = faithfulness_figures(untrained, tmp_path, n_per_class=4, steps=16)
     assert (tmp_path / figures["plot"]).stat().st_size > 10_000
     json.dumps(figures)  # JSON-ready
