@@ -3,7 +3,8 @@
     python -m pipelines.prepare --source synthetic --input 2000 --output data/synthetic
     python -m pipelines.prepare --source ptbxl --input /data/ptb-xl --output data/ptbxl
     ray job submit --runtime-env cluster/runtime_env.yaml -- \\
-        python -m pipelines.prepare --source mimic --input /mnt/mimic-iv-ecg --output s3://bucket/shards
+        python -m pipelines.prepare --source mimic --input s3://bucket/mimic-iv-ecg --output s3://bucket/shards
+    python -m pipelines.prepare --source mimic --input s3://physionet-open/mimic-iv-ecg/1.0 --unsigned --output …
 
 The archive is listed on the driver (metadata only), the list becomes a Ray dataset, reading and
 preprocessing run in `map_batches` tasks across the cluster, and a `ShardSink` writes bounded-size
@@ -17,7 +18,9 @@ complete, so the old dataset stays whole until the new one is. A bucket output (
 `--overwrite` the earlier dataset's own files (its manifest first, then the shards it lists and its
 rejections; nothing else under the prefix) are deleted and the new one is written in place; readers take
 the shards the manifest lists, and until the new manifest is written they refuse the prefix as unfinished.
-On a cluster the archive must be on storage that every node mounts at the same path.
+The archive is a folder every node mounts at the same path, or a prefix in an object store: there its
+index (PTB-XL's database CSV, MIMIC's record_list.csv) plans the work without listing keys, a WFDB tree is
+listed by prefix, and each read task reads its records' files one request each, several at once.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pipelines.data.records import RecordOptions, prepare_batch
 from pipelines.data.rejection_hint import dominant_rejection_hint
 from pipelines.data.shard_files import MANIFEST_FILE, REJECTED_FILE
 from pipelines.data.shard_sink import ShardSink
-from pipelines.data.sources import SourceOptions, archive_uri_problem, list_source
+from pipelines.data.sources import SourceOptions, list_source
 from pipelines.labels.concept_reports import statements_of
 from pipelines.logs import init_ray, setup_logging
 from pipelines.outputs import (
@@ -174,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="archive layout: PTB-XL folder, MIMIC-IV-ECG folder, any WFDB folder tree, "
                              "or synthetic (generate the default data, then prepare it)")
     parser.add_argument("--input", required=True,
-                        help="archive folder on a mounted filesystem (not a URI); for synthetic, the number of ECGs "
-                             "or a SyntheticConfig JSON file")
+                        help="archive folder: a path every node mounts, or an object-store URI (s3://…); for "
+                             "synthetic, the number of ECGs or a SyntheticConfig JSON file")
+    parser.add_argument("--unsigned", action="store_true",
+                        help="read an s3:// archive without credentials (unsigned requests: a public bucket)")
     parser.add_argument("--output", required=True, help="folder (or pyarrow URI, e.g. s3://…) for the shards")
     parser.add_argument("--fs", type=int, default=500, help="output sampling rate in Hz")
     parser.add_argument("--seconds", type=float, default=10.0, help="output length; longer records cropped, shorter zero-padded")
@@ -229,10 +234,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.source == "synthetic":
         if not (args.input.isdigit() and int(args.input) > 0) and not Path(args.input).is_file():
             parser.error(f"--input for synthetic must be a positive number of ECGs or a config file, got {args.input!r}")
-    elif problem := archive_uri_problem(args.input):
-        parser.error(problem)
-    elif not Path(args.input).is_dir():
-        parser.error(f"--input {args.input} is not a directory")
+    else:
+        try:
+            archive = Location.of(args.input, unsigned=args.unsigned)
+            if not archive.is_dir():
+                parser.error(f"--input {args.input} is not a directory")
+        except (OSError, ValueError) as error:  # a URI pyarrow cannot resolve, a store that cannot be reached
+            parser.error(f"--input {args.input}: {error}")
     output = _output_location(args.output, args.overwrite, parser)
     init_ray()
     try:
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         setup_logging(Path(written) / "logs" / "prepare.log" if Location.of(written).is_local else None)
         generated = None  # the ECGs each read task generates, for synthetic data without --raw-dir
         if args.source != "synthetic":
-            input_dir = Path(args.input).absolute()
+            input_dir = archive
         elif args.raw_dir:
             input_dir = generate_synthetic(_synthetic_config(args.input, args.limit), Path(args.raw_dir).absolute())
         else:
@@ -252,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         options = SourceOptions(
             input=input_dir, report=args.report, fs=args.fs, limit=args.limit, seed=args.seed,
             label_statements=statements_of("snomed") if args.source == "wfdb" and args.report == "labels" else None,
+            unsigned=args.unsigned,
         )
         try:
             manifest = prepare(
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
                 options,
                 written,
                 preprocess=preprocess,
-                records=RecordOptions(min_report_words=args.min_report_words, seed=args.seed),
+                records=RecordOptions(min_report_words=args.min_report_words, seed=args.seed, unsigned=args.unsigned),
                 batch_size=args.batch_size,
                 rows_per_shard=args.rows_per_shard,
                 generate=generated,

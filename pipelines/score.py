@@ -51,7 +51,7 @@ from models.report_generation import DraftOptions
 from pipelines.data.records import WINDOW_MARK
 from pipelines.data.shard_files import dataset_shards
 from pipelines.data.shard_sink import REJECTED_SCHEMA
-from pipelines.data.sources import SourceOptions, archive_uri_problem, list_source
+from pipelines.data.sources import SourceOptions, list_source
 from pipelines.data.trained_with import TrainedWith
 from pipelines.labels.tasks import load_task
 from pipelines.logs import init_ray, setup_logging
@@ -98,8 +98,8 @@ class WorkList:
 
 
 def work_units(source_location: Location, source: str, part_size: int) -> WorkList:
-    """The units of prepared shards (a folder or URI: the shards its manifest lists) or of an archive on a
-    mounted filesystem."""
+    """The units of prepared shards (a folder or URI: the shards its manifest lists) or of an archive (a
+    folder or URI, listed by its source)."""
     if source == "shards":
         shards = dataset_shards(source_location.uri)
         if not shards:
@@ -109,7 +109,7 @@ def work_units(source_location: Location, source: str, part_size: int) -> WorkLi
             for shard in shards
         ]
         return WorkList(units, sum(shard.rows for shard in shards), shard_sizes=[shard.bytes for shard in shards])
-    listing = list_source(source, SourceOptions(input=Path(source_location.path)))
+    listing = list_source(source, SourceOptions(input=source_location))
     records = listing.records
     units = [
         {
@@ -139,6 +139,7 @@ def score(
     actors: int = 1,
     overwrite: bool = False,
     log_file: str | None = None,
+    unsigned: bool = False,
 ) -> dict:
     """Score every unit not yet written; returns the summary also written to `summary.json`. Archives are
     preprocessed as the export's training data was; shards must have been prepared that way (checked).
@@ -147,10 +148,8 @@ def score(
     `reports`: draft a report per ECG with these options; an export that cannot (no caption decoder,
     max_tokens over its limit) is refused first (`DraftRefused`, a ValueError). `explain`: write each ECG's
     evidence for the labels these options choose; more than MAX_EXPLAIN_LABELS per ECG is a ValueError, raised
-    before the input is listed."""
+    before the input is listed. `unsigned`: an s3:// archive read without credentials (a public bucket)."""
     started = time.time()
-    if source != "shards" and (problem := archive_uri_problem(input_path)):
-        raise ValueError(problem)
     export = cached_copy(model_dir)  # the driver reads the export's record and fingerprint from a local copy
     trained_with = TrainedWith.of_export(str(export))
     if reports is not None:
@@ -161,7 +160,7 @@ def score(
         raise ValueError(f"explain: {problem}")
     if source == "shards":
         trained_with.check_shards([input_path])
-    work = work_units(Location.of(input_path), source, part_size)
+    work = work_units(Location.of(input_path, unsigned=unsigned), source, part_size)
     made_with = {
         "model": export_fingerprint(export),
         "task": task,
@@ -200,6 +199,7 @@ def score(
                 "embeddings": embeddings,
                 "draft": reports,
                 "explain": explain,
+                "unsigned": unsigned,
             },
         ).materialize()
     summary = _account(destination, work, by_record=source != "shards")
@@ -260,10 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an export folder, or its URI (s3://…)")
     parser.add_argument(
-        "--input", required=True, help="prepared shards (a folder or URI), or an archive folder (mounted) with --source"
+        "--input", required=True, help="prepared shards (a folder or URI), or an archive (a folder or URI) with --source"
     )
     parser.add_argument("--output", required=True, help="output folder or URI (rerun with it to continue)")
     parser.add_argument("--source", default="shards", choices=SOURCES, help="input layout (default: shards)")
+    parser.add_argument(
+        "--unsigned", action="store_true", help="read an s3:// input without credentials (a public bucket)"
+    )
     parser.add_argument("--task", help="label set when --labels is not given (default: the export's validation task)")
     parser.add_argument("--labels", help="JSON list of class codes or prompts to score")
     parser.add_argument("--batch-size", type=int, default=64, help="ECGs per forward")
@@ -294,13 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_shared_mount_argument(parser)
     args = parser.parse_args(argv)
-    if args.source != "shards" and (problem := archive_uri_problem(args.input)):
-        parser.error(problem)
     try:
-        for flag, path in (("--model", args.model), ("--input", args.input)):
-            if not Location.of(path).exists():
+        for flag, path, unsigned in (("--model", args.model, False), ("--input", args.input, args.unsigned)):
+            if not Location.of(path, unsigned=unsigned).exists():
                 parser.error(f"{flag} {path} does not exist")
-        if not Location.of(args.input).is_dir():
+        if not Location.of(args.input, unsigned=args.unsigned).is_dir():
             parser.error(f"--input {args.input} is not a directory")
     except (OSError, ValueError) as error:  # a URI pyarrow cannot resolve, a store that cannot be reached
         parser.error(f"--model / --input: {error}")
@@ -336,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             actors=args.actors,
             overwrite=args.overwrite,
             log_file="score.log",
+            unsigned=args.unsigned,
         )
     except ValueError as error:  # the export, the input or the output is not what it must be
         parser.error(str(error))

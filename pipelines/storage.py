@@ -51,15 +51,30 @@ class Location:
     uri: str
 
     @classmethod
-    def of(cls, where: str | os.PathLike | Location) -> Location:
+    def of(cls, where: str | os.PathLike | Location, *, unsigned: bool = False) -> Location:
+        """`where` resolved; `unsigned`: an `s3://` URI read without credentials (unsigned requests: public
+        buckets such as PhysioNet's), the endpoint and region still from `AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`."""
         if isinstance(where, Location):
             return where
         where = str(where)
+        if unsigned:
+            return cls._unsigned(where)
         if is_uri(where):
             filesystem, path = pafs.FileSystem.from_uri(where)
             return cls(filesystem, path.rstrip("/"), where.rstrip("/"))
         absolute = str(Path(where).absolute())
         return cls(pafs.LocalFileSystem(), absolute, absolute)
+
+    @classmethod
+    def _unsigned(cls, uri: str) -> Location:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"{uri}: unsigned requests are for s3:// URIs")
+        filesystem = pafs.S3FileSystem(
+            anonymous=True,
+            endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
+            region=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+        return cls(filesystem, uri.removeprefix("s3://").rstrip("/"), uri.rstrip("/"))
 
     @property
     def is_local(self) -> bool:
@@ -68,6 +83,10 @@ class Location:
     @property
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> Location:
+        return Location(self.filesystem, self.path.rsplit("/", 1)[0], self.uri.rsplit("/", 1)[0])
 
     def child(self, *names: str) -> Location:
         suffix = "/".join(name.strip("/") for name in names)
@@ -108,6 +127,10 @@ class Location:
     def read_bytes(self) -> bytes:
         with self.filesystem.open_input_stream(self.path) as stream:
             return stream.read()
+
+    def open(self):
+        """The file as a seekable binary file object (pandas reads CSVs from it)."""
+        return self.filesystem.open_input_file(self.path)
 
     def read_text(self) -> str:
         return self.read_bytes().decode()

@@ -114,6 +114,24 @@ def write_ptbxl_archive(root: Path, entries: Sequence[dict]) -> Path:
     return root
 
 
+def write_mimic_archive(root: Path, n_studies: int = 6) -> Path:
+    """A MIMIC-IV-ECG-layout folder as PhysioNet publishes it: `record_list.csv`, `machine_measurements.csv` and
+    `files/p1000/p<subject>/s<study>/<study>.hea|.dat`, two studies per subject; the last study has no
+    machine measurements (a listing rejection)."""
+    rows, reports = [], []
+    for i in range(n_studies):
+        subject, study = 10000000 + i // 2, 40000000 + i
+        path = f"files/p1000/p{subject}/s{study}/{study}"
+        write_wfdb(root / path, ecg_like(10, 500, seed=i), 500)
+        rows.append({"subject_id": subject, "study_id": study, "file_name": study, "ecg_time": "2180-07-23 08:44:00", "path": path})
+        reports.append({"subject_id": subject, "study_id": study, "report_0": "Sinus rhythm", "report_1": "*** Normal EKG ***",
+                        **{f"report_{k}": None for k in range(2, 18)}})
+    reports.pop()
+    pd.DataFrame(rows).to_csv(root / "record_list.csv", index=False)
+    pd.DataFrame(reports).to_csv(root / "machine_measurements.csv", index=False)
+    return root
+
+
 def rewrite_header(record_path: Path, edit) -> None:
     """Apply `edit(lines) -> lines` to a record's header text lines."""
     header = record_path.with_name(record_path.name + ".hea")

@@ -29,6 +29,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_nodes
 
 from pipelines.storage import Location
+from tests.archives import write_mimic_archive
 from tests.ray_cluster import REPO, LocalRayCluster, free_ports
 
 pytestmark = pytest.mark.slow
@@ -155,6 +156,19 @@ def test_prepare_writes_shards_only_to_the_bucket(shards, object_store):
     assert manifest["records_in"] == N_ECGS == manifest["records_kept"], "every generated ECG read on every node"
     assert any(key.endswith(".parquet") for key in object_store.keys("shards/"))
     assert not (REPO / "data" / "shards").exists()
+
+
+def test_prepare_reads_an_archive_that_lies_only_in_the_bucket(cluster, runtime_env, object_store, tmp_path):
+    """A MIMIC-IV-ECG-layout archive in the bucket: the job plans from its record_list.csv and the read tasks,
+    on nodes that share nothing, read each record from the bucket; every record accounted."""
+    archive = object_store.uri("archives/mimic-iv-ecg")
+    Location.of(archive).upload_from(write_mimic_archive(tmp_path / "mimic", n_studies=8))
+    output = object_store.uri("shards-from-mimic")
+    submit(cluster, runtime_env, "prepare-mimic", "pipelines.prepare", "--source", "mimic", "--input", archive,
+           "--output", output, "--min-report-words", "0", "--batch-size", "2")
+    manifest = Location.of(output).child("manifest.json").read_json()
+    assert manifest["input"] == archive and manifest["records_in"] == 8 and manifest["records_kept"] == 7
+    assert manifest["rejections_by_reason"] == {"no machine measurements": 1}
 
 
 def test_a_plain_output_path_is_refused_unless_declared_a_shared_mount(cluster, runtime_env, shards, tmp_path):

@@ -1,7 +1,7 @@
 """Evaluate, score and serve an export that lies only in a bucket (moto's S3 server on 127.0.0.1): evaluation
 from bucket shards into a bucket report, equal to the local run; scoring from bucket shards into bucket
 parts, a rerun that rewrites nothing and one that rewrites only a missing part; a Serve replica loading
-`s3://…/export`; an archive named by a URI refused at once."""
+`s3://…/export`; an archive URI that holds nothing refused at once."""
 
 from __future__ import annotations
 
@@ -55,16 +55,17 @@ def bucket_shards(object_store, synthetic_shards) -> str:
     return uri
 
 
-def test_an_archive_named_by_a_uri_is_refused_at_once(tmp_path, capsys):
+def test_an_archive_uri_that_holds_nothing_is_a_usage_error_and_nothing_is_made(object_store, bucket_export, tmp_path, capsys):
+    missing = object_store.uri("no-archive")
     output = tmp_path / "out"
-    for main, argv in (
-        (score_main, ["--model", "s3://b/export", "--input", "s3://b/archive", "--source", "wfdb"]),
-        (prepare_main, ["--source", "ptbxl", "--input", "s3://b/archive"]),
+    for main, argv, message in (
+        (score_main, ["--model", bucket_export, "--input", missing, "--source", "wfdb"], f"--input {missing} does not exist"),
+        (prepare_main, ["--source", "ptbxl", "--input", missing], f"--input {missing} is not a directory"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--output", str(output)])
         assert exit_info.value.code == 2
-        assert "archives must be on a mounted filesystem" in capsys.readouterr().err
+        assert message in capsys.readouterr().err
     assert not output.exists()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.io
 
@@ -13,7 +12,7 @@ from pipelines.data.preprocess import PreprocessConfig
 from pipelines.data.records import RecordOptions, prepare_record
 from pipelines.data.sources import SourceOptions, list_source
 from pipelines.data.splits import hashed_split
-from tests.archives import ecg_like, write_ptbxl_archive, write_wfdb
+from tests.archives import ecg_like, write_mimic_archive, write_ptbxl_archive, write_wfdb
 
 
 def test_ptbxl_labels_reports_and_fold_splits(tmp_path):
@@ -62,22 +61,8 @@ def test_ptbxl_limit_and_a_folder_that_is_not_ptbxl(tmp_path):
         list_source("ptbxl", SourceOptions(input=tmp_path))
 
 
-def _write_mimic(root, n_studies=6):
-    rows, reports = [], []
-    for i in range(n_studies):
-        subject, study = 10000000 + i // 2, 40000000 + i
-        path = f"files/p1000/p{subject}/s{study}/{study}"
-        write_wfdb(root / path, ecg_like(10, 500, seed=i), 500)
-        rows.append({"subject_id": subject, "study_id": study, "file_name": study, "ecg_time": "2180-07-23 08:44:00", "path": path})
-        reports.append({"subject_id": subject, "study_id": study, "report_0": "Sinus rhythm", "report_1": "*** Normal EKG ***",
-                        **{f"report_{k}": None for k in range(2, 18)}})
-    reports.pop()  # the last study has no machine measurements
-    pd.DataFrame(rows).to_csv(root / "record_list.csv", index=False)
-    pd.DataFrame(reports).to_csv(root / "machine_measurements.csv", index=False)
-
-
 def test_mimic_reports_are_joined_and_cleaned(tmp_path):
-    _write_mimic(tmp_path)
+    write_mimic_archive(tmp_path)
     listing = list_source("mimic", SourceOptions(input=tmp_path))
     assert len(listing.records) == 5 and listing.rejected[0]["ecg_id"] == "mimic-iv-ecg/40000005"
     assert "has no row in machine_measurements.csv" in listing.rejected[0]["reason"]

@@ -2,12 +2,14 @@
 
 Runs inside Ray Data `map_batches`. Every listed record leaves as at least one row: kept rows
 carry a null `reject_reason`; a rejected record leaves one row with its reason and a zero signal,
-which the shard sink routes to `rejected.parquet`. Nothing is dropped silently.
+which the shard sink routes to `rejected.parquet`. Nothing is dropped silently. Records in an object
+store are read `REMOTE_READS` at once (each file one request; the time is the store's latency, not CPU).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +21,10 @@ from pipelines.data.reports import clean_report, word_count
 from pipelines.data.schema import N_LEADS, lead_mask_array, signal_array
 from pipelines.data.sources.wfdb_folder import fill_from_header
 from pipelines.data.wfdb_io import read_record
+from pipelines.storage import is_uri
+
+REMOTE_READS = 16
+"""Records of one batch read at once when they are in an object store."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,8 @@ class RecordOptions:
     """Seed of splits decided from headers (WFDB folders)."""
     label_statements: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
     """Code → statement: reports of header-labelled records (WFDB folders) built from their codes."""
+    unsigned: bool = False
+    """Records in s3:// read without credentials (a public bucket)."""
 
 
 WINDOW_MARK = "#w"
@@ -39,24 +47,35 @@ WINDOW_MARK = "#w"
 
 def prepare_batch(batch: pa.Table, preprocess: PreprocessConfig, options: RecordOptions) -> pa.Table:
     """Listed records [B rows of LISTING_COLUMNS] → shard rows plus `record_path`, `reject_reason`."""
+    listed = batch.to_pylist()
+    if any(is_uri(row["record_path"]) for row in listed):
+        with ThreadPoolExecutor(REMOTE_READS) as pool:
+            outcomes = list(pool.map(lambda row: _outcome(row, preprocess, options), listed))
+    else:
+        outcomes = [_outcome(row, preprocess, options) for row in listed]
     rows: list[dict] = []
     signals: list[PreparedSignal | None] = []
-    for row in batch.to_pylist():
-        try:
-            for window_row, prepared in prepare_record(row, preprocess, options):
-                rows.append({**window_row, "reject_reason": None})
-                signals.append(prepared)
-        except RecordRejected as rejection:
-            rows.append({**row, "report": None, "reject_reason": str(rejection)})
-            signals.append(None)
+    for outcome in outcomes:
+        for row, prepared in outcome:
+            rows.append(row)
+            signals.append(prepared)
     return _to_table(rows, signals, preprocess)
+
+
+def _outcome(row: dict, preprocess: PreprocessConfig, options: RecordOptions) -> list[tuple[dict, PreparedSignal | None]]:
+    """A listed record's rows with `reject_reason`: one per window, or one rejection (signal None)."""
+    try:
+        return [({**window_row, "reject_reason": None}, prepared) for window_row, prepared in
+                prepare_record(row, preprocess, options)]
+    except RecordRejected as rejection:
+        return [({**row, "report": None, "reject_reason": str(rejection)}, None)]
 
 
 def prepare_record(row: dict, preprocess: PreprocessConfig, options: RecordOptions) -> list[tuple[dict, PreparedSignal]]:
     """One listed record → [(row, prepared signal)], one per window; raises `RecordRejected`."""
     if row["report"] is not None:
         row = {**row, "report": _checked_report(row["report"], options)}
-    recording = read_record(row["record_path"])
+    recording = read_record(row["record_path"], unsigned=options.unsigned)
     expected_fs = row["expected_fs"]
     if expected_fs is not None and recording.fs != expected_fs:
         raise RecordRejected(

@@ -9,12 +9,18 @@ Tests check the fast path sample for sample against wfdb's reader.
 Both paths return a `Recording` in physical units (mV) and raise `RecordRejected` with a reason
 that names the record and what is wrong with it. A record whose signals span several files keeps the
 leads of the files present when one is missing, and says which leads went in its `flags`.
+
+A record may live in an object store (`s3://bucket/files/p1000/…/40689238`): its files are read whole,
+one request each (`RecordFiles`), and parsed from memory; what goes through `wfdb.rdrecord` is first
+copied, header and the files it names (segments too), into a temporary folder of its own.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines.data.rejection import RecordRejected
+from pipelines.storage import Location, is_uri
 
 if TYPE_CHECKING:
     import wfdb
@@ -58,24 +65,86 @@ class _SignalSpec:
     lead_name: str
 
 
-def read_record(record_path: str | os.PathLike) -> Recording:
-    """Read `record_path` (no extension) into a `Recording`; raise `RecordRejected` if unusable."""
-    record_path = Path(record_path)
-    header_path = record_path.with_name(record_path.name + ".hea")
+class RecordFiles:
+    """The files of one record: its header and the files beside it, on a local disk or in an object store.
+
+    `record_path` names the record without extension; `unsigned`: an s3:// record read without credentials."""
+
+    def __init__(self, record_path: str | os.PathLike, unsigned: bool = False) -> None:
+        record_path = str(record_path)
+        self.remote = is_uri(record_path)
+        if self.remote:
+            record = Location.of(record_path, unsigned=unsigned)
+            self.folder, self.name = record.parent, record.name
+        else:
+            path = Path(record_path)
+            self.folder, self.name = path.parent, path.name
+
+    def shown(self, file_name: str) -> str:
+        """The file as a person names it: its path, or its URI."""
+        return f"{self.folder.uri}/{file_name}" if self.remote else str(self.folder / file_name)
+
+    def read(self, file_name: str) -> bytes:
+        """The whole file `file_name` beside the record; FileNotFoundError when it is absent."""
+        if not self.remote:
+            return (self.folder / file_name).read_bytes()
+        location = self.folder.child(file_name)
+        try:
+            return location.read_bytes()
+        except OSError as error:
+            if not location.exists():
+                raise FileNotFoundError(self.shown(file_name)) from None
+            raise error
+
+    @contextmanager
+    def on_disk(self, header_text: str) -> Iterator[Path]:
+        """The record path to hand `wfdb.rdrecord`: the record itself on a local disk; for a remote record,
+        a temporary copy of its header and the files that header names (a multi-segment record's segment
+        headers and their files too), those that exist."""
+        if not self.remote:
+            yield self.folder / self.name
+            return
+        import wfdb
+
+        with tempfile.TemporaryDirectory(prefix="record-") as scratch:
+            (Path(scratch) / f"{self.name}.hea").write_text(header_text)
+            header = wfdb.rdheader(str(Path(scratch) / self.name))
+            wanted = list(getattr(header, "file_name", None) or [])  # a multi-segment header names segments
+            for segment in getattr(header, "seg_name", None) or []:
+                if segment != "~" and self._copy(f"{segment}.hea", scratch):
+                    wanted += wfdb.rdheader(str(Path(scratch) / segment)).file_name or []
+            for file_name in dict.fromkeys(wanted):
+                self._copy(file_name, scratch)
+            yield Path(scratch) / self.name
+
+    def _copy(self, file_name: str, scratch: str) -> bool:
+        try:
+            (Path(scratch) / file_name).write_bytes(self.read(file_name))
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def read_record(record_path: str | os.PathLike, *, unsigned: bool = False) -> Recording:
+    """Read `record_path` (no extension; a path or an object-store URI) into a `Recording`; raise
+    `RecordRejected` if unusable."""
+    files = RecordFiles(record_path, unsigned)
+    header_name = f"{files.name}.hea"
     try:
-        header_text = decode_header(header_path.read_bytes())
+        header_text = decode_header(files.read(header_name))
     except FileNotFoundError:
-        raise RecordRejected(f"missing record: no header file {header_path}") from None
+        raise RecordRejected(f"missing record: no header file {files.shown(header_name)}") from None
     except OSError as error:
-        raise RecordRejected(f"unreadable header: {header_path}: {error}") from None
+        raise RecordRejected(f"unreadable header: {files.shown(header_name)}: {error}") from None
     try:
         fast = _parse_fast_header(header_text)
     except (ValueError, IndexError) as error:
-        raise RecordRejected(f"unreadable header: {header_path}: {error}") from None
+        raise RecordRejected(f"unreadable header: {files.shown(header_name)}: {error}") from None
     if fast is None:
-        return _read_with_wfdb(record_path, header_comments(header_text))
+        with files.on_disk(header_text) as on_disk:
+            return _read_with_wfdb(on_disk, header_comments(header_text), shown=files.shown(files.name))
     fs, sig_len, specs, comments = fast
-    return _read_format16(record_path, fs, sig_len, specs, comments)
+    return _read_format16(files, fs, sig_len, specs, comments)
 
 
 def decode_header(raw: bytes) -> str:
@@ -128,25 +197,26 @@ def _parse_fast_header(text: str) -> tuple[float, int, list[_SignalSpec], list[s
 
 
 def _read_format16(
-    record_path: Path, fs: float, sig_len: int, specs: list[_SignalSpec], comments: list[str]
+    files: RecordFiles, fs: float, sig_len: int, specs: list[_SignalSpec], comments: list[str]
 ) -> Recording:
-    data_path = record_path.parent / specs[0].file_name
+    data_name = specs[0].file_name
     n_sig = len(specs)
     try:
-        samples = np.fromfile(data_path, dtype="<i2")
+        data = files.read(data_name)
     except FileNotFoundError:
-        raise RecordRejected(f"missing record: no data file {data_path}") from None
+        raise RecordRejected(f"missing record: no data file {files.shown(data_name)}") from None
     except OSError as error:
-        raise RecordRejected(f"unreadable data file: {data_path}: {error}") from None
+        raise RecordRejected(f"unreadable data file: {files.shown(data_name)}: {error}") from None
+    samples = np.frombuffer(data, dtype="<i2", count=len(data) // 2)
     expected = n_sig * sig_len
     if samples.size < expected:
         raise RecordRejected(
-            f"truncated signal: {data_path.name} holds {samples.size // n_sig} of {sig_len} "
+            f"truncated signal: {data_name} holds {samples.size // n_sig} of {sig_len} "
             f"samples per lead for {n_sig} leads"
         )
     if samples.size > expected:
         raise RecordRejected(
-            f"header disagrees with data: {data_path.name} holds {samples.size} samples, "
+            f"header disagrees with data: {data_name} holds {samples.size} samples, "
             f"header declares {n_sig} leads x {sig_len} = {expected}"
         )
     digital = samples.reshape(sig_len, n_sig).T  # [n_sig, T]
@@ -155,7 +225,7 @@ def _read_format16(
     signal = (digital.astype(np.float32) - baseline) / gain
     signal[digital == FORMAT16_NAN] = np.nan
     return Recording(
-        name=record_path.name,
+        name=files.name,
         signal=signal,
         fs=fs,
         lead_names=[spec.lead_name for spec in specs],
@@ -163,17 +233,18 @@ def _read_format16(
     )
 
 
-def _read_with_wfdb(record_path: Path, comments: list[str]) -> Recording:
-    """wfdb's reader for the formats the fast path does not take; the comments come from our own decoding
-    of the header (wfdb reads it as latin-1)."""
+def _read_with_wfdb(record_path: Path, comments: list[str], shown: str) -> Recording:
+    """wfdb's reader for the formats the fast path does not take (`record_path` on a local disk; `shown`, the
+    record as reasons name it); the comments come from our own decoding of the header (wfdb reads latin-1)."""
     try:
-        record, flags = _read_present_signal_files(record_path)
+        record, flags = _read_present_signal_files(record_path, shown)
     except RecordRejected:
         raise
     except Exception as error:  # wfdb raises many types for damaged files
-        raise RecordRejected(f"unreadable record: {record_path}: {type(error).__name__}: {error}") from None
+        message = str(error).replace(str(record_path.parent), shown.rsplit("/", 1)[0])
+        raise RecordRejected(f"unreadable record: {shown}: {type(error).__name__}: {message}") from None
     if record.p_signal is None or record.p_signal.size == 0:
-        raise RecordRejected(f"empty record: {record_path} has no samples")
+        raise RecordRejected(f"empty record: {shown} has no samples")
     if record.sig_len and record.p_signal.shape[0] < record.sig_len:
         raise RecordRejected(
             f"truncated signal: {record_path.name} holds {record.p_signal.shape[0]} of "
@@ -189,7 +260,7 @@ def _read_with_wfdb(record_path: Path, comments: list[str]) -> Recording:
     )
 
 
-def _read_present_signal_files(record_path: Path) -> tuple[wfdb.Record, list[str]]:
+def _read_present_signal_files(record_path: Path, shown: str) -> tuple[wfdb.Record, list[str]]:
     """(wfdb record, flags): the whole record, or, when some of its signal files are missing (a
     multi-file record whose `.xyz` was not copied), the signals of the files present and a flag per
     missing file. No file present rejects the record."""
@@ -199,13 +270,18 @@ def _read_present_signal_files(record_path: Path) -> tuple[wfdb.Record, list[str
         return wfdb.rdrecord(str(record_path)), []
     except FileNotFoundError:
         header = wfdb.rdheader(str(record_path))
-    files = header.file_name or []  # None for multi-segment records
+    folder = shown.rsplit("/", 1)[0]
+    segments = [name for name in getattr(header, "seg_name", None) or [] if name != "~"]  # a multi-segment record
+    for segment in segments:
+        if not (record_path.parent / f"{segment}.hea").is_file():
+            raise RecordRejected(f"missing segment: no header file {folder}/{segment}.hea ({len(segments)} segments named)")
+    files = getattr(header, "file_name", None) or []
     missing = [name for name in dict.fromkeys(files) if not (record_path.parent / name).is_file()]
     if not missing:
         return wfdb.rdrecord(str(record_path)), []  # another file was missing: raises again, with its name
     present = [channel for channel, name in enumerate(files) if name not in missing]
     if not present:
-        raise RecordRejected(f"missing record: no data file {record_path.parent / missing[0]}")
+        raise RecordRejected(f"missing record: no data file {folder}/{missing[0]}")
     flags = [
         f"missing signal file: {name} (leads {', '.join(lead for lead, f in zip(header.sig_name, files) if f == name)})"
         for name in missing

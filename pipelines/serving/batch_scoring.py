@@ -112,7 +112,8 @@ class ScoreUnits:
     are resolved by the driver, which records them with the output. With `draft` options each row also
     gets its drafted `report`, `report_logprob` and `report_tokens` (`Scorer.draft`, as /v1/report), and with
     `explain` options its `evidence` (`Scorer.explain`, as /v1/score with explain). `model_dir` and `output`
-    may be URIs: each actor loads the export from its own node's cached copy."""
+    may be URIs: each actor loads the export from its own node's cached copy; `unsigned`: archive records in
+    s3:// read without credentials."""
 
     def __init__(
         self,
@@ -124,8 +125,10 @@ class ScoreUnits:
         embeddings: bool,
         draft: DraftOptions | None = None,
         explain: ExplainedLabels | None = None,
+        unsigned: bool = False,
     ) -> None:
         self.scorer = Scorer(model_dir, task, threads=None)
+        self.records = RecordOptions(min_report_words=0, unsigned=unsigned)
         self.labels = labels
         self.output = Location.of(output)
         self.batch_size = batch_size
@@ -197,4 +200,4 @@ class ScoreUnits:
             shard = Location.of(shard_path)
             return pq.read_table(shard.path, filesystem=shard.filesystem, columns=["ecg_id", "signal", "lead_mask"])
         listing = pa.Table.from_pylist(json.loads(records))
-        return prepare_batch(listing, self.scorer.preprocess_config, RecordOptions(min_report_words=0))
+        return prepare_batch(listing, self.scorer.preprocess_config, self.records)

@@ -7,15 +7,25 @@ are followed once each: a link whose target was already walked (a loop back to a
 link to one folder) becomes an entry with a reason instead of listing the same records twice, or
 forever. A signal file named in another record's header under a different stem counts as an orphan:
 headers are not opened while listing, which stays cheap on 800k-record trees.
+
+A tree in an object store has no links and no folders of its own: its keys are listed by prefix, each
+top-level prefix in a thread of its own, and the same rules make its entries.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from pipelines.storage import Location
 
 SIGNAL_SUFFIXES = (".dat", ".mat")
+LISTING_THREADS = 16
+"""Prefixes of a bucket archive listed at once."""
 
 
 @dataclass(frozen=True)
@@ -29,9 +39,11 @@ class TreeEntry:
     reason: str | None = None
 
 
-def walk_records(root: Path) -> list[TreeEntry]:
+def walk_records(root: Location) -> list[TreeEntry]:
     """Every entry under `root`, sorted by path; the real tree is walked before symlinked folders."""
-    top = os.path.join(str(root), "")
+    if not root.is_local:
+        return _list_keys(root)
+    top = os.path.join(root.path, "")
     walked: dict[str, str] = {}  # real path of each folder walked → the path it was listed under
     links: list[str] = []
     entries: list[TreeEntry] = []
@@ -86,6 +98,32 @@ def _walk_folder(folder: str, top: str, walked: dict[str, str], links: list[str]
                     TreeEntry(relative, f"no header: orphan signal file {relative} (no {stem}.hea beside it)")
                 )
         pending.extend(reversed(subfolders))  # walked in name order
+
+
+def _list_keys(root: Location) -> list[TreeEntry]:
+    """The entries of an archive in an object store: its keys listed by prefix in parallel (the top level
+    first, then every top-level prefix recursively, `LISTING_THREADS` at once)."""
+    filesystem = root.filesystem
+
+    def listed(path: str, recursive: bool) -> list[pafs.FileInfo]:
+        return filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+
+    top = listed(root.path, recursive=False)
+    files = [info.path for info in top if info.type == pafs.FileType.File]
+    prefixes = [info.path for info in top if info.type == pafs.FileType.Directory]
+    with ThreadPoolExecutor(LISTING_THREADS) as pool:
+        for infos in pool.map(lambda prefix: listed(prefix, recursive=True), prefixes):
+            files += [info.path for info in infos if info.type == pafs.FileType.File]
+    keys = {path[len(root.path) + 1 :] for path in files}
+    entries = []
+    for relative in keys:
+        stem, suffix = posixpath.splitext(relative)
+        if suffix == ".hea":
+            entries.append(TreeEntry(relative))
+        elif suffix in SIGNAL_SUFFIXES and f"{stem}.hea" not in keys:
+            header = posixpath.basename(stem) + ".hea"
+            entries.append(TreeEntry(relative, f"no header: orphan signal file {relative} (no {header} beside it)"))
+    return sorted(entries, key=lambda entry: entry.path.split("/"))
 
 
 def _relative(path: str, top: str) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+
+from pipelines.storage import Location
 
 LISTING_COLUMNS = ["ecg_id", "patient_id", "record_path", "report", "labels", "split", "source", "expected_fs"]
 """record_path: record without extension; report: raw text (None: taken from the header comments);
@@ -22,7 +23,8 @@ is wrong in words alone, no path or number, so the manifest counts by it; the de
 class SourceOptions:
     """What a source needs to know to list an archive."""
 
-    input: Path
+    input: Location
+    """The archive's folder: a path or an object-store URI (given as a string or path, resolved here)."""
     report: Literal["raw", "labels"] | None = None
     """raw: the archive's report text; labels: English built from label descriptions; None: the
     source's default (labels for PTB-XL, whose raw reports are mostly German; raw otherwise)."""
@@ -37,6 +39,11 @@ class SourceOptions:
     label_statements: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
     """Label code → English statement, for `report="labels"` where the archive has no label table (WFDB
     folders: the prepare CLI passes the concept table's SNOMED statements)."""
+    unsigned: bool = False
+    """An s3:// archive read without credentials (a public bucket)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input", Location.of(self.input, unsigned=self.unsigned))
 
 
 @dataclass
@@ -67,16 +74,22 @@ def reject_duplicate_ids(rows: pd.DataFrame, rejected: list[dict]) -> pd.DataFra
     return rows[~duplicated].reset_index(drop=True)
 
 
-def require_files(folder: Path, names: list[str], layout: str) -> list[Path]:
-    """The paths of `names` in `folder`; a ValueError naming the first that is missing."""
-    paths = [folder / name for name in names]
-    for path in paths:
-        if not path.is_file():
-            raise ValueError(f"{folder} is not a {layout} folder: {path.name} is missing")
-    return paths
+def require_files(folder: Location, names: list[str], layout: str) -> list[Location]:
+    """The files `names` in `folder`; a ValueError naming the first that is missing."""
+    files = [folder.child(name) for name in names]
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"{folder} is not a {layout} folder: {file.name} is missing")
+    return files
 
 
-def require_columns(table: pd.DataFrame, columns: list[str], file: Path) -> None:
+def read_csv(file: Location, **read_options) -> pd.DataFrame:
+    """An index file of the archive (a path or a URI) as a table: one read, no listing."""
+    with file.open() as stream:
+        return pd.read_csv(stream, **read_options)
+
+
+def require_columns(table: pd.DataFrame, columns: list[str], file: Location) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"{file} lacks required columns: {', '.join(missing)}")

@@ -13,6 +13,7 @@ from pipelines.data.sources.listing import (
     LISTING_COLUMNS,
     Listing,
     SourceOptions,
+    read_csv,
     reject_duplicate_ids,
     require_columns,
     require_files,
@@ -28,9 +29,9 @@ def list_records(options: SourceOptions) -> Listing:
     record_file, measurement_file = require_files(
         options.input, ["record_list.csv", "machine_measurements.csv"], "MIMIC-IV-ECG"
     )
-    records = pd.read_csv(record_file, nrows=options.limit)
+    records = read_csv(record_file, nrows=options.limit)
     require_columns(records, ["subject_id", "study_id", "path"], record_file)
-    measurements = pd.read_csv(measurement_file)
+    measurements = read_csv(measurement_file)
     require_columns(measurements, ["study_id"], measurement_file)
     report_columns = [c for c in REPORT_COLUMNS if c in measurements.columns]
     if not report_columns:
@@ -42,7 +43,7 @@ def list_records(options: SourceOptions) -> Listing:
     rows = []
     for row in joined.itertuples(index=False):
         ecg_id = f"{source}/{row.study_id}"
-        record_path = str(options.input / row.path)
+        record_path = options.input.child(row.path).uri
         if row.study_id not in reports.index:
             rejected.append(
                 {"ecg_id": ecg_id, "source": source, "record_path": record_path,

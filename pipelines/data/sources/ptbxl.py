@@ -15,6 +15,7 @@ from pipelines.data.sources.listing import (
     LISTING_COLUMNS,
     Listing,
     SourceOptions,
+    read_csv,
     reject_duplicate_ids,
     require_columns,
     require_files,
@@ -26,9 +27,9 @@ FOLD_SPLITS = {**{fold: "train" for fold in range(1, 9)}, 9: "val", 10: "test"}
 def list_records(options: SourceOptions) -> Listing:
     source = options.source_name or "ptbxl"
     database_file, statements_file = require_files(options.input, ["ptbxl_database.csv", "scp_statements.csv"], "PTB-XL")
-    database = pd.read_csv(database_file, nrows=options.limit, dtype={"filename_lr": str, "filename_hr": str})
+    database = read_csv(database_file, nrows=options.limit, dtype={"filename_lr": str, "filename_hr": str})
     require_columns(database, ["ecg_id", "patient_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr"], database_file)
-    statements = pd.read_csv(statements_file, index_col=0)
+    statements = read_csv(statements_file, index_col=0)
     require_columns(statements, ["description"], statements_file)
     descriptions = statements["description"].to_dict()
     report_mode = options.report or "labels"
@@ -61,7 +62,7 @@ def list_records(options: SourceOptions) -> Listing:
             {
                 "ecg_id": ecg_id,
                 "patient_id": None if pd.isna(row.patient_id) else str(int(row.patient_id)),
-                "record_path": str(options.input / record_path),
+                "record_path": options.input.child(record_path).uri,
                 "report": report,
                 "labels": list(codes),
                 "split": FOLD_SPLITS[fold],

@@ -13,7 +13,6 @@ symlinked folders not followed are listed as rejected, each one input (see `fold
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 
 import pandas as pd
@@ -38,13 +37,13 @@ def list_records(options: SourceOptions) -> Listing:
     entries = walk_records(options.input)
     if options.limit is not None:
         entries = entries[: options.limit]
-    root = str(options.input)
+    root = options.input.uri
     rows, rejected = [], []
     for entry in entries:  # strings, not Paths: listing 800k records stays a matter of seconds
         if entry.reason is not None:  # a signal file without a header, a folder not walked
             rejected.append(
                 {"ecg_id": f"{source}/{entry.path}", "source": source,
-                 "record_path": os.path.join(root, entry.path), "reason": entry.reason}
+                 "record_path": f"{root}/{entry.path}", "reason": entry.reason}
             )
             continue
         record = entry.path.removesuffix(".hea")
@@ -52,7 +51,7 @@ def list_records(options: SourceOptions) -> Listing:
             {
                 "ecg_id": f"{source}/{record}",
                 "patient_id": None,
-                "record_path": os.path.join(root, record),
+                "record_path": f"{root}/{record}",
                 "report": None,
                 "labels": [],
                 "split": None,
