@@ -25,7 +25,8 @@ output that scoring made, and nothing else).
 The export, the shards and the output may be URIs (s3://…, `pipelines.storage`; credentials from the
 standard variables): each node that loads the export (the driver, every scoring actor) loads a cached
 copy of it, and parts are written straight into the output, where a rerun finds them as it does on disk.
-Archives (--source ptbxl/mimic/wfdb) must be on a mounted filesystem. The log file
+Archives (--source ptbxl/mimic/wfdb) may be a folder every node mounts or a URI, read in place as prepare
+reads them (`--unsigned` for a public bucket). The log file
 (OUTPUT/logs/score.log) is written for a local output only.
 """
 
