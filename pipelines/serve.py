@@ -5,6 +5,7 @@ ECGs of concurrent requests batched with `@serve.batch`).
     python -m pipelines.serve --model s3://bucket/runs/x/export     # each replica loads a cached copy on its node
     python -m pipelines.serve --model runs/sweep/best --index runs/scores/index     # also answers /v1/search
     python -m pipelines.serve --model runs/sweep/best --explainers 2 --explain-queue 4 --explain-deadline-s 60
+    kill -TERM <pid>     # requests in flight finish (--grace-period-s, 30 s), Serve and Ray stop, exit 0
     serve run cluster/serve.yaml
 
 Routes: `POST /v1/score` (per-label scores and the top labels per ECG; with `explain`, the leads and time
@@ -25,9 +26,12 @@ with `Retry-After` beyond them, so explaining clients cannot take scoring's CPUs
 
 import argparse
 import asyncio
+import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -87,6 +91,10 @@ from pipelines.serving.scorer import DraftRefused, Scorer, check_draft
 from pipelines.storage import Location, cached_copy
 
 MAX_BATCH_SIZE = 32
+GRACE_PERIOD_S = 30.0
+"""On SIGTERM or SIGINT, how long requests in flight have to finish before the service stops."""
+
+log = logging.getLogger("pipelines.serve")
 
 BOUNDS = (
     f"Bounds: bodies up to {MAX_BODY_BYTES // 2**20} MiB (413), sent within {BODY_TIMEOUT_S:g} s (408, "
@@ -356,14 +364,19 @@ def scoring_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout_s: float = BODY_TIMEOUT_S,
     explain: ExplainBounds = ExplainBounds(),
+    grace_period_s: float = GRACE_PERIOD_S,
 ) -> serve.Application:
     """The app: `replicas` scoring replicas (each `num_cpus`, `num_gpus`; torch's threads follow num_cpus)
-    in front of `explain.replicas` explainers (none: `explain` is refused)."""
+    in front of `explain.replicas` explainers (none: `explain` is refused). A replica being stopped gives the
+    requests it holds `grace_period_s` to finish."""
     explainer = None
     if explain.replicas:
-        explainer = Explainer.options(**explain.deployment_options()).bind(model, task)
+        options = {**explain.deployment_options(), "graceful_shutdown_timeout_s": grace_period_s}
+        explainer = Explainer.options(**options).bind(model, task)
     scoring = ScoringService.options(
-        num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus}
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+        graceful_shutdown_timeout_s=grace_period_s,
     )
     return scoring.bind(model, task, token, max_body_bytes, body_timeout_s, index, explainer, explain)
 
@@ -371,7 +384,7 @@ def scoring_app(
 APP_ARGS = {
     "model", "task", "token", "allow_no_token", "index", "replicas", "cpus_per_replica", "gpus_per_replica",
     "max_body_bytes", "body_timeout_s", "explainers", "cpus_per_explainer", "gpus_per_explainer", "explain_queue",
-    "explain_deadline_s", "explain_retry_after_s",
+    "explain_deadline_s", "explain_retry_after_s", "grace_period_s",
 }  # fmt: skip
 """The keys `app_builder` takes (a Serve config's `args`)."""
 
@@ -381,7 +394,8 @@ def app_builder(args: dict) -> serve.Application:
     export's), replicas, cpus_per_replica (torch's threads in each replica; default 1), gpus_per_replica,
     body_timeout_s, index (a folder or URI of `pipelines.search --build`'s index, made with this model; for
     /v1/search); explainers, cpus_per_explainer, gpus_per_explainer, explain_queue, explain_deadline_s,
-    explain_retry_after_s (`ExplainBounds`); the token from the environment, required unless allow_no_token
+    explain_retry_after_s (`ExplainBounds`); grace_period_s (seconds a stopped replica's requests have to
+    finish); the token from the environment, required unless allow_no_token
     (`require_token`). Any other key is refused, naming it (a misspelt bound is not silently the default)."""
     unknown = sorted(set(args) - APP_ARGS)
     if unknown:
@@ -408,6 +422,7 @@ def app_builder(args: dict) -> serve.Application:
         max_body_bytes=int(args.get("max_body_bytes", MAX_BODY_BYTES)),
         body_timeout_s=float(args.get("body_timeout_s", BODY_TIMEOUT_S)),
         explain=explain,
+        grace_period_s=float(args.get("grace_period_s", GRACE_PERIOD_S)),
     )
 
 
@@ -449,6 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds an explanation may take from queueing to answer before it is cancelled and answered 503",
     )
     parser.add_argument(
+        "--grace-period-s",
+        type=float,
+        default=GRACE_PERIOD_S,
+        help="on SIGTERM or SIGINT, seconds requests in flight have to finish before the service stops",
+    )
+    parser.add_argument(
         "--insecure-no-token",
         action="store_true",
         help=f"serve beyond loopback without {TOKEN_ENV} (only on a network that trusted clients alone reach)",
@@ -478,6 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--index {args.index}: {error}")
     setup_logging()
     init_ray(args.address)
+    stop = _stop_on_signals()
     serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
     serve.run(
         scoring_app(
@@ -489,12 +511,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_cpus=args.cpus_per_replica,
             body_timeout_s=args.body_timeout_s,
             explain=explain,
+            grace_period_s=args.grace_period_s,
         ),
         name="ecg-fm",
         route_prefix="/",
-        blocking=True,
     )
+    log.info("serving; SIGTERM or Ctrl-C stops it, giving requests in flight %g s", args.grace_period_s)
+    stop.wait()
+    _drain(args.grace_period_s)
     return 0
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM (Kubernetes, systemd) or SIGINT, in place of Ray's handler, which dumps a
+    stack and aborts. Installed once Ray is up (ray.init installs its own) and before the app deploys, so a
+    signal during deployment stops the service too."""
+    stop = threading.Event()
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, lambda number, frame: stop.set())
+    return stop
+
+
+def _drain(grace_period_s: float) -> None:
+    """Stop as a service should: Serve's replicas finish the requests they hold (up to `grace_period_s`, the
+    deployments' graceful shutdown), then Serve and Ray shut down. A second signal ends the process at once."""
+    import ray
+
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_DFL)
+    log.info("stopping: requests in flight have up to %g s to finish", grace_period_s)
+    serve.shutdown()
+    ray.shutdown()
+    log.info("stopped")
 
 
 if __name__ == "__main__":
