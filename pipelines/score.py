@@ -38,6 +38,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -187,10 +188,11 @@ def score(
     if todo:
         if not ray.is_initialized():
             ray.init()
-        ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+        scored_now = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             ScoreUnits,
             batch_size=1,
             concurrency=actors,
+            scheduling_strategy="SPREAD",  # the actors over the cluster's nodes
             fn_constructor_kwargs={
                 "model_dir": Location.of(model_dir).uri,  # each actor loads its own node's copy
                 "task": task,
@@ -202,8 +204,9 @@ def score(
                 "explain": explain,
                 "unsigned": unsigned,
             },
-        ).materialize()
+        ).to_pandas()
     summary = _account(destination, work, by_record=source != "shards")
+    summary["units_by_node"] = dict(Counter(scored_now["node"])) if todo else {}
     summary["elapsed_seconds"] = time.time() - started
     destination.child("summary.json").write_json(summary)
     if embeddings and summary["rows"]:

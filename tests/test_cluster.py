@@ -241,10 +241,16 @@ def test_evaluate_and_score_jobs_read_the_export_from_the_bucket(cluster, runtim
     assert metrics["finetune"]["per_class_auroc"].keys() == metrics["zero_shot"]["per_class_auroc"].keys()
     assert any("eval/mets/finetune/" in key for key in object_store.keys("eval/mets/"))
     submit(cluster, runtime_env, "score", "pipelines.score", "--model", export, "--input", shards,
-           "--output", object_store.uri("scores/mets"))
+           "--output", object_store.uri("scores/mets"), "--actors", "2")
     summary = Location.of(object_store.uri("scores/mets/summary.json")).read_json()
     manifest = Location.of(shards).child("manifest.json").read_json()
     assert summary["scored"] == manifest["rows"]
+    assert sum(summary["units_by_node"].values()) == summary["units"]
+    scoring_actors = [actor for actor in list_actors(address=cluster.address, detail=True, limit=1000,
+                                                      raise_on_missing_output=False)
+                      if "MapWorker" in actor.class_name and actor.job_id == _job_id(cluster, "score")]
+    assert len(scoring_actors) == 2 and len({actor.node_id for actor in scoring_actors}) == 2, "spread over two nodes"
+    assert set(summary["units_by_node"]) <= {actor.node_id for actor in scoring_actors}
 
 
 def test_serve_loads_the_export_from_the_bucket(cluster, runtime_env, run, shard_batch):
@@ -268,6 +274,11 @@ def test_serve_loads_the_export_from_the_bucket(cluster, runtime_env, run, shard
     finally:
         cluster.stop_job("serve")
         cluster.shutdown_serve()  # Serve's apps outlive the job that started them; its replica holds a CPU
+
+
+def _job_id(cluster: LocalRayCluster, submission_id: str) -> str:
+    """The Ray job id of a submitted job."""
+    return JobSubmissionClient(cluster.address).get_job_info(submission_id).job_id
 
 
 def _alive_train_workers(cluster: LocalRayCluster) -> list[str]:

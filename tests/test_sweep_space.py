@@ -86,6 +86,12 @@ def test_concurrency_leaves_one_cpu_to_ray_data(cpus, workers, per_worker, cap, 
     assert concurrent * (workers * cpus_per_worker + 0.1) <= cpus - 1 + 1e-9
 
 
+def test_max_concurrent_is_not_capped_by_the_cluster_at_start():
+    """An autoscaling cluster starts small: 4 trials asked on 5 CPUs (1 fits now) stay 4, to wait for nodes."""
+    assert plan_resources(5, 2, 1.0, 4) == (4, 1.0)
+    assert plan_resources(5, 2, 1.0, None) == (1, 1.0)
+
+
 def test_gpu_trials_are_bounded_by_the_gpus_too():
     assert plan_resources(65, 2, 0.0, None, cluster_gpus=8) == (4, 1.0)
 

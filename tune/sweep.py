@@ -70,15 +70,22 @@ def plan_resources(
     max_concurrent: int | None,
     cluster_gpus: float | None = None,
 ):
-    """(concurrent trials, CPUs per worker): as many trials at once as the cluster holds with one CPU
-    left to Ray Data (and, for GPU trials, `cluster_gpus` one per worker); with `cpus_per_worker` 0
-    (auto) one CPU per worker, or what is left when a single trial does not fit (a small machine)."""
+    """(concurrent trials, CPUs per worker): `max_concurrent` when given, whatever the cluster holds now (an
+    autoscaling cluster grows to it: the trials beyond what fits wait for their nodes), else as many trials at
+    once as the cluster holds with one CPU left to Ray Data (and, for GPU trials, `cluster_gpus` one per
+    worker); with `cpus_per_worker` 0 (auto) one CPU per worker, or what is left when a single trial does not
+    fit (a small machine)."""
     per_worker = cpus_per_worker or 1.0
     budget = cluster_cpus - DATA_CPU
     fits = int(budget // (workers * per_worker + TRIAL_DRIVER_CPU))
     if cluster_gpus is not None:
         fits = min(fits, int(cluster_gpus // workers))
-    concurrent = max(1, min(fits, max_concurrent or fits))
+    concurrent = max_concurrent or max(1, fits)
+    if max_concurrent and max_concurrent > fits:
+        log.info(
+            "sweep: %d trials at once asked, %d fit the cluster now; the others wait for it to grow",
+            max_concurrent, max(fits, 0),
+        )
     if fits < 1 and not cpus_per_worker:
         per_worker = math.floor(100 * (budget - TRIAL_DRIVER_CPU) / workers) / 100
         if per_worker < 0.1:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 
 from models.report_generation import DraftOptions
 from pipelines.data.records import RecordOptions, prepare_batch
@@ -108,7 +109,8 @@ def write_part(table: pa.Table, where: Location) -> None:
 
 class ScoreUnits:
     """`map_batches` callable: each row of a batch is a unit {unit, shard_path or records (the unit's
-    listed records as JSON)}; returns a summary row per unit (unit, rows scored, rows rejected). `labels`
+    listed records as JSON)}; returns a summary row per unit (unit, rows scored, rows rejected, the Ray node
+    that scored it). `labels`
     are resolved by the driver, which records them with the output. With `draft` options each row also
     gets its drafted `report`, `report_logprob` and `report_tokens` (`Scorer.draft`, as /v1/report), and with
     `explain` options its `evidence` (`Scorer.explain`, as /v1/score with explain). `model_dir` and `output`
@@ -140,7 +142,9 @@ class ScoreUnits:
         summaries = [
             self._score_unit(unit, batch["shard_path"][i], batch["records"][i]) for i, unit in enumerate(batch["unit"])
         ]
-        return {key: np.array([s[key] for s in summaries]) for key in ("unit", "scored", "rejected")}
+        node = ray.get_runtime_context().get_node_id()
+        return {**{key: np.array([s[key] for s in summaries]) for key in ("unit", "scored", "rejected")},
+                "node": np.array([node] * len(summaries))}
 
     def _score_unit(self, unit: str, shard_path: str, records: str) -> dict:
         table = self._read(shard_path, records)
