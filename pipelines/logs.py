@@ -148,8 +148,9 @@ def init_ray(address: str | None = None, **options):
 
 def _raylet_messages_to_log() -> None:
     """Route what the raylet publishes to drivers through logging (`ray.raylet`): warnings such as "N PYTHON
-    worker processes have been started" reach the log file only, errors (a worker killed, memory running low)
-    the console too. Ray prints them to stdout itself, with colour codes and a dedup footer, even without
+    worker processes have been started", and notices of a task that will be retried (Serve's controller being
+    stopped prints one on every shutdown), reach the log file only; errors (a worker killed, memory running
+    low) the console too. Ray prints them to stdout itself, with colour codes and a dedup footer, even without
     log_to_driver, and has no public hook for them: its printer (`ray._private.worker.print_to_stdstream`,
     called by the thread that listens for these messages, and with log_to_driver off by nothing else) is
     replaced."""
@@ -160,7 +161,8 @@ def _raylet_messages_to_log() -> None:
     def log_messages(data: dict, ignore_prefix: bool = False) -> None:
         for message in data.get("lines", []):
             text = ANSI_ESCAPE.sub("", message).strip()
-            raylet.log(logging.WARNING if text.startswith("WARNING") else logging.ERROR, "%s", text)
+            notice = text.startswith("WARNING") or "so the task will be retried" in text
+            raylet.log(logging.WARNING if notice else logging.ERROR, "%s", text)
 
     ray_worker.print_to_stdstream = log_messages
 

@@ -32,11 +32,15 @@ def test_raylet_messages_go_to_the_log_and_only_errors_to_the_console(tmp_path, 
         {"lines": ["The node with node id: abc has been marked dead"], "pid": "raylet", "is_err": False},
         ignore_prefix=False,
     )
+    retried = ("Task ServeController.graceful_shutdown failed. There are infinite retries remaining, so the task will "
+               "be retried. Error: The actor is dead because it was killed by `ray.kill`.")
+    ray_worker.print_to_stdstream({"lines": [retried], "pid": "raylet", "is_err": True}, ignore_prefix=False)
     console = capsys.readouterr()
-    assert "PYTHON worker processes" not in console.out + console.err
+    assert "PYTHON worker processes" not in console.out + console.err and "retried" not in console.err
     assert console.err.strip() == "error: The node with node id: abc has been marked dead"
     log = (tmp_path / "job.log").read_text()
     assert "WARNING ray.raylet" in log and "WARNING: 4 PYTHON worker processes" in log and "\x1b[" not in log
+    assert any("WARNING ray.raylet" in line and retried in line for line in log.splitlines())
 
 
 def test_deepspeed_imported_after_logging_is_set_up_keeps_its_notices_in_the_log(tmp_path):
