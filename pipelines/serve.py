@@ -41,6 +41,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve.config import AutoscalingConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -91,6 +92,7 @@ from pipelines.serving.scorer import DraftRefused, Scorer, check_draft
 from pipelines.storage import Location, cached_copy
 
 MAX_BATCH_SIZE = 32
+APP_NAME = "ecg-fm"
 GRACE_PERIOD_S = 30.0
 """On SIGTERM or SIGINT, how long requests in flight have to finish before the service stops."""
 
@@ -365,16 +367,18 @@ def scoring_app(
     body_timeout_s: float = BODY_TIMEOUT_S,
     explain: ExplainBounds = ExplainBounds(),
     grace_period_s: float = GRACE_PERIOD_S,
+    autoscaling: AutoscalingConfig | None = None,
 ) -> serve.Application:
-    """The app: `replicas` scoring replicas (each `num_cpus`, `num_gpus`; torch's threads follow num_cpus)
-    in front of `explain.replicas` explainers (none: `explain` is refused). A replica being stopped gives the
-    requests it holds `grace_period_s` to finish."""
+    """The app: `replicas` scoring replicas (each `num_cpus`, `num_gpus`; torch's threads follow num_cpus), or
+    as many as Serve's `autoscaling` asks for, in front of `explain.replicas` explainers (none: `explain` is
+    refused). A replica being stopped gives the requests it holds `grace_period_s` to finish."""
     explainer = None
     if explain.replicas:
         options = {**explain.deployment_options(), "graceful_shutdown_timeout_s": grace_period_s}
         explainer = Explainer.options(**options).bind(model, task)
+    scale = {"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": replicas}
     scoring = ScoringService.options(
-        num_replicas=replicas,
+        **scale,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
         graceful_shutdown_timeout_s=grace_period_s,
     )
@@ -384,7 +388,7 @@ def scoring_app(
 APP_ARGS = {
     "model", "task", "token", "allow_no_token", "index", "replicas", "cpus_per_replica", "gpus_per_replica",
     "max_body_bytes", "body_timeout_s", "explainers", "cpus_per_explainer", "gpus_per_explainer", "explain_queue",
-    "explain_deadline_s", "explain_retry_after_s", "grace_period_s",
+    "explain_deadline_s", "explain_retry_after_s", "grace_period_s", "autoscaling",
 }  # fmt: skip
 """The keys `app_builder` takes (a Serve config's `args`)."""
 
@@ -395,7 +399,8 @@ def app_builder(args: dict) -> serve.Application:
     body_timeout_s, index (a folder or URI of `pipelines.search --build`'s index, made with this model; for
     /v1/search); explainers, cpus_per_explainer, gpus_per_explainer, explain_queue, explain_deadline_s,
     explain_retry_after_s (`ExplainBounds`); grace_period_s (seconds a stopped replica's requests have to
-    finish); the token from the environment, required unless allow_no_token
+    finish); autoscaling (in place of replicas: Serve's autoscaling config, e.g. min_replicas, max_replicas,
+    target_ongoing_requests); the token from the environment, required unless allow_no_token
     (`require_token`). Any other key is refused, naming it (a misspelt bound is not silently the default)."""
     unknown = sorted(set(args) - APP_ARGS)
     if unknown:
@@ -423,7 +428,21 @@ def app_builder(args: dict) -> serve.Application:
         body_timeout_s=float(args.get("body_timeout_s", BODY_TIMEOUT_S)),
         explain=explain,
         grace_period_s=float(args.get("grace_period_s", GRACE_PERIOD_S)),
+        autoscaling=autoscaling_config(args.get("autoscaling"), "replicas" in args),
     )
+
+
+def autoscaling_config(settings: dict | None, replicas_given: bool) -> AutoscalingConfig | None:
+    """Serve's autoscaling config from a Serve config's `autoscaling:` (or the CLI's flags); its keys checked
+    by name (Serve's model ignores a misspelt one), and refused beside a fixed `replicas`."""
+    if not settings:
+        return None
+    if replicas_given:
+        raise ValueError("serve args: give replicas or autoscaling, not both")
+    unknown = sorted(set(settings) - set(AutoscalingConfig.model_fields))
+    if unknown:
+        raise ValueError(f"unknown autoscaling settings {', '.join(unknown)} (Serve's AutoscalingConfig fields)")
+    return AutoscalingConfig(**settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -439,7 +458,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=1, help="scoring replicas (a fixed number)")
+    parser.add_argument(
+        "--max-replicas",
+        type=int,
+        help="autoscale the scoring replicas between --min-replicas and this, by requests in flight per replica",
+    )
+    parser.add_argument("--min-replicas", type=int, default=1, help="with --max-replicas: the fewest replicas")
+    parser.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=2.0,
+        help="with --max-replicas: requests in flight per replica Serve scales towards",
+    )
     parser.add_argument("--cpus-per-replica", type=int, default=1, help="CPUs (and torch threads) per replica")
     parser.add_argument(
         "--body-timeout-s", type=float, default=BODY_TIMEOUT_S, help="seconds a client has to send its body"
@@ -480,7 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["EveryNode", "HeadOnly", "Disabled"],
         help="where Serve runs HTTP proxies (HeadOnly: where several nodes share one host, as in tests)",
     )
-    parser.add_argument("--address", help="Ray cluster address (default: a local one)")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster address (default: $RAY_ADDRESS, else a Ray running on this machine, else a new one; "
+        "'local' always starts a new one)",
+    )
     args = parser.parse_args(argv)
     try:
         require_token(os.environ.get(TOKEN_ENV), args.host, args.insecure_no_token)
@@ -490,6 +525,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             queue=args.explain_queue,
             deadline_s=args.explain_deadline_s,
         )
+        autoscaling = None
+        if args.max_replicas:
+            autoscaling = autoscaling_config(
+                {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+                 "target_ongoing_requests": args.target_ongoing_requests},
+                replicas_given=False,
+            )
     except ValueError as error:
         parser.error(str(error))
     if args.index:
@@ -512,8 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             body_timeout_s=args.body_timeout_s,
             explain=explain,
             grace_period_s=args.grace_period_s,
+            autoscaling=autoscaling,
         ),
-        name="ecg-fm",
+        name=APP_NAME,
         route_prefix="/",
     )
     log.info("serving; SIGTERM or Ctrl-C stops it, giving requests in flight %g s", args.grace_period_s)
@@ -536,13 +579,15 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _drain(grace_period_s: float) -> None:
-    """Stop as a service should: Serve's replicas finish the requests they hold (up to `grace_period_s`, the
-    deployments' graceful shutdown), then Serve and Ray shut down. A second signal ends the process at once."""
+    """Stop as a service should: the app is deleted first, its replicas finishing the requests they hold (up
+    to `grace_period_s`, the deployments' graceful shutdown) while the proxies still carry their answers back;
+    then Serve and Ray shut down. A second signal ends the process at once."""
     import ray
 
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, signal.SIG_DFL)
     log.info("stopping: requests in flight have up to %g s to finish", grace_period_s)
+    serve.delete(APP_NAME)
     serve.shutdown()
     ray.shutdown()
     log.info("stopped")

@@ -24,6 +24,7 @@ def test_every_shipped_serve_config_builds(monkeypatch):
     monkeypatch.setenv("ECG_FM_API_TOKEN", "a-token")
     shipped = shipped_app_args()
     assert len(shipped) == 2 and all("explainers" in args for args in shipped)
+    assert shipped[0]["autoscaling"]["max_replicas"] > shipped[0]["autoscaling"]["min_replicas"]
     for args in shipped:
         assert app_builder(args) is not None
 
@@ -31,6 +32,17 @@ def test_every_shipped_serve_config_builds(monkeypatch):
 def test_a_misspelt_arg_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown serve args explain_que;"):
         app_builder({"model": "/exports/best", "allow_no_token": True, "explain_que": 2})
+    with pytest.raises(ValueError, match="unknown autoscaling settings max_replica "):
+        app_builder({"model": "/exports/best", "allow_no_token": True, "autoscaling": {"max_replica": 2}})
+
+
+def test_autoscaling_replaces_a_fixed_replica_count_and_is_checked():
+    args = {"model": "/exports/best", "allow_no_token": True}
+    assert app_builder({**args, "autoscaling": {"min_replicas": 1, "max_replicas": 3}}) is not None
+    with pytest.raises(ValueError, match="replicas or autoscaling, not both"):
+        app_builder({**args, "replicas": 2, "autoscaling": {"max_replicas": 3}})
+    with pytest.raises(ValueError):
+        app_builder({**args, "autoscaling": {"min_replicas": 3, "max_replicas": 2}})
 
 
 @pytest.mark.parametrize(
@@ -41,8 +53,14 @@ def test_explain_bounds_that_make_no_sense_are_refused(bounds):
         ExplainBounds(**bounds)
 
 
-def test_the_cli_refuses_a_bad_explain_bound_before_anything_starts(capsys, tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--explain-deadline-s", "0"], "explain deadline_s (0.0) must be positive"),
+     (["--min-replicas", "3", "--max-replicas", "2"], "min_replicas")],
+    ids=["deadline", "replicas"],
+)
+def test_the_cli_refuses_bad_bounds_before_anything_starts(capsys, tmp_path, flags, named):
     with pytest.raises(SystemExit) as exit_:
-        main(["--model", str(tmp_path / "no-export-needed"), "--explain-deadline-s", "0"])
+        main(["--model", str(tmp_path / "no-export-needed"), *flags])
     assert exit_.value.code == 2
-    assert "explain deadline_s (0.0) must be positive" in capsys.readouterr().err
+    assert named in capsys.readouterr().err

@@ -47,7 +47,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_export, tmp_pat
     log = (tmp_path / "serve.log").open("w")
     process = spawn(
         [sys.executable, "-m", "pipelines.serve", "--model", str(tiny_export("melp")), "--task", "synthetic",
-         "--port", str(port), "--grace-period-s", str(GRACE_PERIOD_S)],
+         "--port", str(port), "--grace-period-s", str(GRACE_PERIOD_S), "--address", "local"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
